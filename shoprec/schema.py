@@ -1,0 +1,146 @@
+"""The canonical data model: what an event and a catalog item are, everywhere in ShopRec.
+
+Documented for people in docs/data-model.md; enforced here. Ids are strings exactly
+as the source gives them, timestamps are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+
+# column -> pandas dtype, in canonical order
+EVENT_COLUMNS: dict[str, str] = {
+    "user_id": "string",
+    "item_id": "string",
+    "event_type": "string",
+    "timestamp": "datetime64[ns, UTC]",
+    "session_id": "string",
+    "price": "Float64",
+    "quantity": "Int64",
+}
+REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
+
+ITEM_COLUMNS: dict[str, str] = {
+    "item_id": "string",
+    "title": "string",
+    "category": "string",
+    "brand": "string",
+    "price": "Float64",
+    "available": "boolean",
+    "description": "string",
+    "attributes": "object",  # list[str]
+}
+REQUIRED_ITEM_COLUMNS = ("item_id",)
+
+EVENT_ARROW_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("event_type", pa.string()),
+        ("timestamp", pa.timestamp("ns", tz="UTC")),
+        ("session_id", pa.string()),
+        ("price", pa.float64()),
+        ("quantity", pa.int64()),
+    ]
+)
+ITEM_ARROW_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("title", pa.string()),
+        ("category", pa.string()),
+        ("brand", pa.string()),
+        ("price", pa.float64()),
+        ("available", pa.bool_()),
+        ("description", pa.string()),
+        ("attributes", pa.list_(pa.string())),
+    ]
+)
+
+
+class SchemaError(ValueError):
+    """A batch does not fit the canonical model (missing columns, uncastable values)."""
+
+
+def empty_events() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in EVENT_COLUMNS.items()})
+
+
+def empty_items() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in ITEM_COLUMNS.items()})
+
+
+def _as_string_ids(series: pd.Series) -> pd.Series:
+    """Ids stay as the source wrote them; only whole-number floats lose their '.0'."""
+    if pd.api.types.is_float_dtype(series):
+        whole = series.dropna()
+        if (whole == whole.round()).all():
+            series = series.astype("Int64")
+    return series.astype("string").str.strip()
+
+
+def to_utc(series: pd.Series, unit: str | None = None) -> pd.Series:
+    """Parse timestamps (strings, datetimes or epoch numbers with ``unit``) to UTC."""
+    if unit is not None:
+        return pd.to_datetime(series, unit=unit, utc=True, errors="coerce")
+    return pd.to_datetime(series, utc=True, errors="coerce", format="mixed")
+
+
+def conform_events(df: pd.DataFrame) -> pd.DataFrame:
+    """Cast a frame to the canonical event schema; optional columns are added empty.
+
+    Values that cannot be cast become missing (the validation gate reports them);
+    missing required columns or unexpected extra columns raise SchemaError.
+    """
+    missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in df.columns]
+    if missing:
+        raise SchemaError(f"events are missing required column(s): {', '.join(missing)}")
+    extra = [c for c in df.columns if c not in EVENT_COLUMNS]
+    if extra:
+        raise SchemaError(f"events have unexpected column(s): {', '.join(map(str, extra))}")
+    out = pd.DataFrame(index=df.index)
+    for col, dtype in EVENT_COLUMNS.items():
+        if col not in df.columns:
+            out[col] = pd.Series(pd.NA, index=df.index, dtype=dtype)
+        elif col in ("user_id", "item_id", "session_id"):
+            out[col] = _as_string_ids(df[col])
+        elif col == "event_type":
+            out[col] = df[col].astype("string").str.strip().str.lower()
+        elif col == "timestamp":
+            ts = df[col]
+            out[col] = ts.dt.tz_convert("UTC") if _is_tz_datetime(ts) else to_utc(ts)
+        else:
+            out[col] = pd.to_numeric(df[col], errors="coerce").astype(dtype)
+    return out.reset_index(drop=True)
+
+
+def conform_items(df: pd.DataFrame) -> pd.DataFrame:
+    """Cast a catalog frame to the canonical item schema (see conform_events)."""
+    missing = [c for c in REQUIRED_ITEM_COLUMNS if c not in df.columns]
+    if missing:
+        raise SchemaError(f"items are missing required column(s): {', '.join(missing)}")
+    extra = [c for c in df.columns if c not in ITEM_COLUMNS]
+    if extra:
+        raise SchemaError(f"items have unexpected column(s): {', '.join(map(str, extra))}")
+    out = pd.DataFrame(index=df.index)
+    for col, dtype in ITEM_COLUMNS.items():
+        if col not in df.columns:
+            default = True if col == "available" else pd.NA
+            out[col] = pd.Series(default, index=df.index, dtype=dtype) if col != "attributes" else [
+                [] for _ in range(len(df))
+            ]
+        elif col == "item_id":
+            out[col] = _as_string_ids(df[col])
+        elif col == "attributes":
+            out[col] = [list(map(str, a)) if isinstance(a, (list, tuple)) or hasattr(a, "tolist") else [] for a in df[col]]
+        elif col == "price":
+            out[col] = pd.to_numeric(df[col], errors="coerce").astype(dtype)
+        elif col == "available":
+            out[col] = df[col].astype("boolean")
+        else:
+            out[col] = df[col].astype("string")
+    return out.reset_index(drop=True)
+
+
+def _is_tz_datetime(series: pd.Series) -> bool:
+    return isinstance(series.dtype, pd.DatetimeTZDtype)
