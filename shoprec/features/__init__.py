@@ -1,0 +1,1 @@
+"""Feature builders (batch) and the online feature path (real time), on Feast."""
