@@ -1,0 +1,66 @@
+"""``shoprec features``: build the feature tables, register them in Feast, fill the online store."""
+
+from __future__ import annotations
+
+import click
+
+from shoprec.cli import emit
+
+
+def _settings():
+    from shoprec.config import load_settings
+
+    return load_settings()
+
+
+@click.group()
+def features() -> None:
+    """Feature tables and the Feast feature store (offline + online)."""
+
+
+@features.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def build(as_json: bool) -> None:
+    """Build the feature tables (sequences, user/item stats, text embeddings) from the lake."""
+    from shoprec.features.tables import build_tables
+
+    report = build_tables(_settings(), progress=not as_json)
+    emit(report, as_json, f"built {report['rows']} from {report['events']} events "
+         f"({report['newly_encoded_texts']} texts newly encoded) in {report['offline_dir']}")
+
+
+@features.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def apply(as_json: bool) -> None:
+    """Register entities, sources, feature views and services (feast apply on feature_repo/)."""
+    from shoprec.features.store import apply as apply_repo
+
+    report = apply_repo(_settings())
+    emit(report, as_json, f"applied {', '.join(report['feature_views'])} + {', '.join(report['feature_services'])} "
+         f"(online store: {report['online_store']})")
+
+
+@features.command()
+@click.option("--start", type=click.DateTime(), default=None, help="Start (UTC); default: where the last run ended.")
+@click.option("--end", type=click.DateTime(), default=None, help="End (UTC, exclusive); default: now.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def materialize(start, end, as_json: bool) -> None:
+    """Copy the latest feature values into the online store, in bounded chunks (idempotent)."""
+    from shoprec.features.store import materialize as run
+
+    report = run(_settings(), start=start, end=end, progress=not as_json)
+    lines = [f"{n}: {v['chunks']} chunk(s), {v['rows_read']} rows from {v['start']}" for n, v in report["views"].items()]
+    emit(report, as_json, "\n".join(lines))
+
+
+@features.command()
+@click.argument("user_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def show(user_id: str, as_json: bool) -> None:
+    """Show a user's sequence as the online store serves it."""
+    from shoprec.features.online import OnlineFeatures
+
+    seq = OnlineFeatures(_settings()).user_sequences([user_id])[user_id]
+    report = {"user_id": user_id, **seq}
+    human = "\n".join(f"{t.isoformat()}  {e:12s} {i}" for i, e, t in zip(seq["item_ids"], seq["event_types"], seq["timestamps"]))
+    emit(report, as_json, human or f"no sequence for user {user_id}")

@@ -1,0 +1,203 @@
+"""The serving contract: what the service reads from and writes to the online store.
+
+One ``OnlineFeatures`` holds one FeatureStore. A new event updates the user's
+sequence through ``sequence.append_events`` (the same rule as the batch table) and
+is pushed with Feast's PushSource; the event is first appended to the offline event
+log, so the next ``features build`` includes it. A push is a read-modify-write of the
+user's whole row, so updates are serialised per user (a lock per user id).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections import defaultdict
+
+import pandas as pd
+
+from shoprec import lake
+from shoprec.adapters.base import Batch
+from shoprec.config import Settings
+from shoprec.features import tables
+from shoprec.features.sequence import SEQUENCE_COLUMNS, append_events
+from shoprec.features.store import feature_store
+from shoprec.schema import REQUIRED_EVENT_COLUMNS, SchemaError, conform_events
+
+PUSH_SOURCE = "user_events_push"
+SEQUENCE_REFS = [f"user_recent_items:{c}" for c in SEQUENCE_COLUMNS]
+ITEM_REFS = [f"item_stats:{c}" for c in ("price", "available", "popularity_1d", "popularity_7d", "popularity_30d")]
+ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]+$")
+
+
+class FeatureStoreUnavailable(RuntimeError):
+    """The online store cannot be reached; the service falls back (e.g. on trending items)."""
+
+
+class InvalidFeatureRequest(ValueError):
+    """Malformed events, unknown feature names or absurd ids; nothing was written."""
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, sqlite3.OperationalError, OSError)
+
+
+class OnlineFeatures:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = feature_store(settings)
+        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_guard = threading.Lock()
+
+    # --- reads ----------------------------------------------------------------
+    def recent_items(self, user_ids: list[str]) -> dict[str, list[str]]:
+        """Item ids of each user's sequence, oldest first; an unknown user gets []."""
+        return {u: seq["item_ids"] for u, seq in self.user_sequences(user_ids).items()}
+
+    def user_sequences(self, user_ids: list[str]) -> dict[str, dict]:
+        """Each user's item_ids, event_types and timestamps (UTC), oldest first."""
+        rows = self.features(SEQUENCE_REFS, "user_id", user_ids)
+        return {
+            u: {
+                "item_ids": list(row["item_ids"] or []),
+                "event_types": list(row["event_types"] or []),
+                "timestamps": [pd.Timestamp(t).tz_convert("UTC") for t in row["timestamps"] or []],
+            }
+            for u, row in rows.items()
+        }
+
+    def item_features(self, item_ids: list[str]) -> dict[str, dict]:
+        """Price, availability and popularity (1/7/30 days) per item; unknown items get None values."""
+        return self.features(ITEM_REFS, "item_id", item_ids)
+
+    def features(self, refs: list[str], key: str, ids: list[str]) -> dict[str, dict]:
+        """Any ``view:feature`` references for the ids of one entity key, by id."""
+        self._check_refs(refs)
+        ids = self._check_ids(ids)
+        if not ids:
+            return {}
+        try:
+            result = self.store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids]).to_dict()
+        except _unavailable_errors() as exc:
+            raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
+        names = [r.split(":", 1)[1] for r in refs]
+        return {i: {n: result[n][k] for n in names} for k, i in enumerate(ids)}
+
+    # --- writes ---------------------------------------------------------------
+    def push_events(self, events: pd.DataFrame) -> None:
+        """Append canonical events to their users' sequences, online now and in the offline log."""
+        events = self._check_events(events)
+        if not len(events):
+            return
+        lake.write_batch(tables.event_log_dir(self.settings), Batch.from_frames(events, source="push"))
+        for user_id, user_events in events.groupby("user_id", sort=True):
+            with self._lock(user_id):
+                current = self._current_sequence(user_id)
+                updated = append_events(current, user_events, self.settings.features.sequence_length)
+                row = tables.sequence_table(updated)
+                # Redis keeps a row only if its timestamp is newer than the stored one: stamp the
+                # push time, so a late (older) event still replaces the row it was merged into.
+                row["event_timestamp"] = max(pd.Timestamp.now(tz="UTC"), row["event_timestamp"].max())
+                try:
+                    self.store.push(PUSH_SOURCE, row, to=_push_mode_online())
+                except _unavailable_errors() as exc:
+                    raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
+
+    def forget_user(self, user_id: str) -> None:
+        """Right to erasure: the user's online rows, event log rows and feature-table rows go."""
+        (user_id,) = self._check_ids([user_id])
+        with self._lock(user_id):
+            self._delete_online(user_id)
+            _drop_user_from_event_log(self.settings, user_id)
+            for name in ("user_recent_items", "user_stats"):
+                path = tables.table_path(self.settings, name)
+                if path.exists():
+                    frame = pd.read_parquet(path)
+                    tables.write_table(frame[frame["user_id"] != user_id], path)
+
+    # --- helpers ----------------------------------------------------------------
+    def _lock(self, user_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks[user_id]
+
+    def _current_sequence(self, user_id: str) -> pd.DataFrame:
+        seq = self.user_sequences([user_id])[user_id]
+        if not seq["item_ids"]:
+            return pd.DataFrame(columns=["user_id", *SEQUENCE_COLUMNS])
+        return pd.DataFrame([{"user_id": user_id, **seq}])
+
+    def _delete_online(self, user_id: str) -> None:
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        config = self.store.config
+        key = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
+        try:
+            if config.online_store.type == "redis":
+                from feast.infra.online_stores.helpers import _redis_key
+
+                online = self.store._get_provider().online_store
+                client = online._get_client(config.online_store)
+                client.delete(_redis_key(config.project, key, config.entity_key_serialization_version))
+            else:
+                blob = serialize_entity_key(key, entity_key_serialization_version=config.entity_key_serialization_version)
+                with sqlite3.connect(config.online_store.path) as conn:
+                    for view in ("user_recent_items", "user_stats"):
+                        conn.execute(f'DELETE FROM "{config.project}_{view}" WHERE entity_key = ?', (blob,))
+        except _unavailable_errors() as exc:
+            raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
+
+    def _check_refs(self, refs: list[str]) -> None:
+        known = {f"{fv.name}:{f.name}" for fv in self.store.list_feature_views(allow_cache=True) for f in fv.features}
+        unknown = [r for r in refs if r not in known]
+        if unknown:
+            raise InvalidFeatureRequest(f"unknown feature(s): {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}")
+
+    def _check_ids(self, ids: list[str]) -> list[str]:
+        limit = self.settings.validation.max_id_length
+        bad = [i for i in ids if not isinstance(i, str) or not i.strip() or len(i) > limit or not ID_PATTERN.match(i)]
+        if bad:
+            shown = ", ".join(repr(b)[:40] for b in bad[:5])
+            raise InvalidFeatureRequest(f"invalid id(s) (non-empty strings up to {limit} printable characters): {shown}")
+        return list(ids)
+
+    def _check_events(self, events: pd.DataFrame) -> pd.DataFrame:
+        if not isinstance(events, pd.DataFrame):
+            raise InvalidFeatureRequest(f"events must be a pandas DataFrame, not {type(events).__name__}")
+        try:
+            events = conform_events(events)
+        except SchemaError as exc:
+            raise InvalidFeatureRequest(str(exc)) from exc
+        missing = events[list(REQUIRED_EVENT_COLUMNS)].isna().any(axis=1)
+        if missing.any():
+            raise InvalidFeatureRequest(f"{int(missing.sum())} event(s) lack user_id, item_id, event_type or a parseable timestamp")
+        self._check_ids(events["user_id"].tolist() + events["item_id"].tolist())
+        unknown_types = sorted(set(events["event_type"]) - set(self.settings.event_types))
+        if unknown_types:
+            raise InvalidFeatureRequest(f"unknown event type(s): {', '.join(unknown_types)}; known: {', '.join(self.settings.event_types)}")
+        future = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=self.settings.validation.max_future_seconds)
+        too_early = pd.Timestamp(self.settings.validation.min_timestamp)
+        out_of_range = (events["timestamp"] > future) | (events["timestamp"] < too_early)
+        if out_of_range.any():
+            raise InvalidFeatureRequest(f"{int(out_of_range.sum())} event(s) have a timestamp outside [{too_early}, now]")
+        return events
+
+
+def _push_mode_online():
+    from feast.data_source import PushMode
+
+    return PushMode.ONLINE
+
+
+def _drop_user_from_event_log(settings: Settings, user_id: str) -> None:
+    for path in lake.event_files(tables.event_log_dir(settings)):
+        frame = pd.read_parquet(path)
+        if (frame["user_id"] == user_id).any():
+            kept = frame[frame["user_id"] != user_id]
+            if len(kept):
+                tables.write_table(kept, path)
+            else:
+                path.unlink()

@@ -1,0 +1,216 @@
+"""Feature tables: the lake (plus the real-time event log) -> Parquet tables Feast reads.
+
+Every table is point-in-time: each row carries ``event_timestamp`` = the time of the
+newest event it depends on, so a training example at time t only ever sees rows
+built from events at or before t (Feast's historical join picks the latest row <= t).
+
+- user_recent_items: a snapshot of the user's sequence after each distinct event time,
+  built step by step with ``sequence.append_events`` (which goes through
+  ``recent_items``): the batch table and the push path apply the very same rule.
+- user_stats: per user and active day, cumulative counts, last activity, top categories.
+- item_stats: per item and active day, popularity over 1/7/30 days and 30-day
+  cart/purchase shares, with the catalog's price and availability.
+- item_text_embedding: MiniLM embedding per item, through the text-hash cache.
+
+Rows that do not depend on events (embeddings, items never interacted with) are
+stamped ``static_time`` (the earliest valid event time) so every training time sees them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from shoprec import lake
+from shoprec.config import Settings
+from shoprec.features.sequence import append_events
+from shoprec.schema import conform_items, empty_events
+from shoprec.text_embedding import embed_items
+
+TABLES = ("user_recent_items", "user_stats", "item_stats", "item_text_embedding")
+COUNTED_EVENT_TYPES = ("view", "add_to_cart", "purchase")
+TOP_CATEGORIES = 3
+WINDOWS_DAYS = (1, 7, 30)
+
+
+def offline_dir(settings: Settings) -> Path:
+    return settings.feast_dir / "offline"
+
+
+def event_log_dir(settings: Settings) -> Path:
+    """Events pushed in real time, laid out like the lake (read with ``lake.read_events``)."""
+    return offline_dir(settings) / "event_log"
+
+
+def table_path(settings: Settings, name: str) -> Path:
+    return offline_dir(settings) / f"{name}.parquet"
+
+
+def static_time(settings: Settings) -> pd.Timestamp:
+    return pd.Timestamp(settings.validation.min_timestamp).tz_convert("UTC")
+
+
+def all_events(settings: Settings) -> pd.DataFrame:
+    """Lake events plus the real-time event log, de-duplicated, in time order."""
+    frames = [lake.read_events(settings.lake_dir), lake.read_events(event_log_dir(settings))]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return empty_events()
+    events = pd.concat(frames, ignore_index=True)
+    events = events.drop_duplicates(subset=["user_id", "item_id", "event_type", "timestamp"])
+    return events.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
+
+
+# --- user_recent_items ------------------------------------------------------------
+def sequence_snapshots(events: pd.DataFrame, max_len: int, progress: bool = False) -> pd.DataFrame:
+    """One row per (user, distinct event time): the user's sequence as of that time.
+
+    Steps through the k-th distinct timestamp of every user at once, feeding each
+    user's previous snapshot and new events to ``append_events``.
+    """
+    cols = ["user_id", "item_id", "event_type", "timestamp"]
+    ordered = events[cols].sort_values(["user_id", "timestamp"], kind="stable")
+    step = ordered.groupby("user_id", observed=True)["timestamp"].rank(method="dense").astype(int)
+    state = pd.DataFrame(columns=["user_id", "item_ids", "event_types", "timestamps", "event_timestamp"]).set_index("user_id")
+    snapshots = []
+    for _, new in tqdm(ordered.groupby(step, sort=True), desc="sequences", unit="step", disable=not progress):
+        users = new["user_id"].unique()
+        current = state.loc[state.index.intersection(users)].reset_index()
+        updated = append_events(current, new, max_len)
+        snapshots.append(updated)
+        kept = state.drop(index=users, errors="ignore")
+        state = pd.concat([kept, updated.set_index("user_id")]) if len(kept) else updated.set_index("user_id")
+    if not snapshots:
+        return sequence_table(pd.DataFrame(columns=["user_id", "item_ids", "event_types", "timestamps", "event_timestamp"]))
+    return sequence_table(pd.concat(snapshots, ignore_index=True))
+
+
+def sequence_table(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame[["user_id", "item_ids", "event_types", "timestamps", "event_timestamp"]].copy()
+    out["user_id"] = out["user_id"].astype("string")
+    out["item_ids"] = out["item_ids"].map(lambda xs: [str(x) for x in xs])
+    out["event_types"] = out["event_types"].map(lambda xs: [str(x) for x in xs])
+    out["timestamps"] = out["timestamps"].map(lambda xs: [pd.Timestamp(x).tz_convert("UTC") for x in xs])
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    return out.sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
+
+
+# --- user_stats ------------------------------------------------------------------
+def user_stats(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Per user and active day: counts so far, last activity, most frequent categories so far."""
+    ev = events[["user_id", "item_id", "event_type", "timestamp"]].sort_values(["user_id", "timestamp"], kind="stable")
+    ev = ev.reset_index(drop=True)
+    by_user = ev.groupby("user_id", observed=True)
+    ev["n_events"] = by_user.cumcount() + 1
+    for kind in COUNTED_EVENT_TYPES:
+        ev[f"n_{kind}"] = (ev["event_type"] == kind).astype(int).groupby(ev["user_id"]).cumsum()
+    ev["day"] = ev["timestamp"].dt.floor("D")
+    category = ev["item_id"].map(items.set_index("item_id")["category"]) if len(items) else pd.Series(pd.NA, index=ev.index)
+    ev["preferred_categories"] = _running_top_categories(ev["user_id"], category.astype("string"))
+    last = ev.groupby(["user_id", "day"], observed=True, sort=True).tail(1)
+    out = last.assign(last_activity=last["timestamp"], event_timestamp=last["timestamp"])
+    cols = ["user_id", "n_events", *[f"n_{k}" for k in COUNTED_EVENT_TYPES], "last_activity", "preferred_categories", "event_timestamp"]
+    return out[cols].astype({c: "int64" for c in cols if c.startswith("n_")}).reset_index(drop=True)
+
+
+def _running_top_categories(users: pd.Series, categories: pd.Series) -> list[list[str]]:
+    """For each event (grouped by user, in order), the user's top categories so far."""
+    tops: list[list[str]] = []
+    counts: Counter = Counter()
+    previous = None
+    for user, cat in zip(users.tolist(), categories.tolist()):
+        if user != previous:
+            counts, previous = Counter(), user
+        if isinstance(cat, str) and cat:
+            counts[cat] += 1
+        tops.append([c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CATEGORIES]])
+    return tops
+
+
+# --- item_stats ------------------------------------------------------------------
+def item_stats(events: pd.DataFrame, items: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Per item and active day: popularity windows and 30-day cart/purchase shares."""
+    ev = events.assign(day=events["timestamp"].dt.floor("D"))
+    daily = ev.groupby(["item_id", "day"], observed=True).agg(
+        n=("event_type", "size"),
+        carts=("event_type", lambda s: int((s == "add_to_cart").sum())),
+        purchases=("event_type", lambda s: int((s == "purchase").sum())),
+        event_timestamp=("timestamp", "max"),
+    )
+    daily = daily.reset_index().sort_values(["item_id", "day"])
+    rolled = {}
+    for days in WINDOWS_DAYS:
+        window = daily.set_index("day").groupby("item_id", observed=True)[["n", "carts", "purchases"]].rolling(f"{days}D").sum()
+        rolled[days] = window.reset_index(drop=True)
+    out = daily[["item_id", "event_timestamp"]].reset_index(drop=True)
+    for days in WINDOWS_DAYS:
+        out[f"popularity_{days}d"] = rolled[days]["n"].astype("int64").to_numpy()
+    n30 = rolled[30]["n"].to_numpy()
+    out["add_to_cart_rate"] = rolled[30]["carts"].to_numpy() / np.maximum(n30, 1)
+    out["purchase_rate"] = rolled[30]["purchases"].to_numpy() / np.maximum(n30, 1)
+    never_seen = items.loc[~items["item_id"].isin(out["item_id"]), ["item_id"]].assign(event_timestamp=static_time(settings))
+    out = pd.concat([out, never_seen], ignore_index=True)
+    catalog = items.set_index("item_id")
+    out["price"] = out["item_id"].map(catalog["price"]).astype("float64")
+    out["available"] = out["item_id"].map(catalog["available"]).fillna(True).astype(bool)
+    for col in [c for c in out.columns if c.startswith("popularity_")]:
+        out[col] = out[col].fillna(0).astype("int64")
+    out[["add_to_cart_rate", "purchase_rate"]] = out[["add_to_cart_rate", "purchase_rate"]].fillna(0.0)
+    cols = ["item_id", *[f"popularity_{d}d" for d in WINDOWS_DAYS], "add_to_cart_rate", "purchase_rate", "price", "available", "event_timestamp"]
+    return out[cols].sort_values(["item_id", "event_timestamp"]).reset_index(drop=True)
+
+
+# --- item_text_embedding --------------------------------------------------------------
+def item_text_embedding(items: pd.DataFrame, settings: Settings, progress: bool = False) -> tuple[pd.DataFrame, int]:
+    """Embeddings of every catalog item; returns (table, how many texts were newly encoded)."""
+    matrix, encoded = embed_items(items, settings.cache_dir / "text_embeddings.parquet", progress=progress)
+    table = pd.DataFrame(
+        {
+            "item_id": items["item_id"].astype("string").to_numpy(),
+            "embedding": list(matrix.astype(np.float32)),
+            "event_timestamp": static_time(settings),
+        }
+    )
+    return table, encoded
+
+
+# --- writing ------------------------------------------------------------------------
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Atomic Parquet write (temp file + rename): Feast never reads half a table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    os.replace(tmp, path)
+
+
+def build_tables(settings: Settings, progress: bool = False) -> dict:
+    """Build all four feature tables from the lake and the event log; returns a report."""
+    events = all_events(settings)
+    items = lake.read_items(settings.lake_dir)
+    known_items = set(items["item_id"]) | set(events["item_id"])
+    if len(items) < len(known_items):  # items seen in events but missing from the catalog still get stats
+        missing = pd.DataFrame({"item_id": sorted(known_items - set(items["item_id"]))})
+        items = pd.concat([items, conform_items(missing)], ignore_index=True)
+    tables = {
+        "user_recent_items": sequence_snapshots(events, settings.features.sequence_length, progress=progress),
+        "user_stats": user_stats(events, items),
+        "item_stats": item_stats(events, items, settings),
+    }
+    tables["item_text_embedding"], encoded = item_text_embedding(items, settings, progress=progress)
+    for name, frame in tables.items():
+        write_table(frame, table_path(settings, name))
+    return {
+        "events": int(len(events)),
+        "users": int(events["user_id"].nunique()),
+        "items": int(len(items)),
+        "rows": {name: int(len(frame)) for name, frame in tables.items()},
+        "newly_encoded_texts": int(encoded),
+        "offline_dir": str(offline_dir(settings)),
+    }

@@ -1,0 +1,257 @@
+"""Feast feature store end to end, on the embedded default (SQLite) and on real Redis + PostgreSQL.
+
+A tiny synthetic shop (a few users, items and days) goes through lake -> tables ->
+apply -> materialize; then online reads, pushes, leakage and bad input are checked.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shoprec import lake
+from shoprec.adapters.base import Batch
+from shoprec.config import load_settings
+from shoprec.features import store as feast_store
+from shoprec.features import tables
+from shoprec.features.online import FeatureStoreUnavailable, InvalidFeatureRequest, OnlineFeatures
+from shoprec.features.sequence import recent_items
+
+REDIS_DB = 7
+REDIS = f"127.0.0.1:6379,db={REDIS_DB}"
+PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/shoprec_test_features"
+SEQ_LEN = 4
+
+
+def synthetic_shop() -> tuple[pd.DataFrame, pd.DataFrame]:
+    start = pd.Timestamp("2024-03-01", tz="UTC")
+    rows = []
+    for u in range(5):
+        for k in range(3 + 2 * u):  # users with 3..11 events: some longer than SEQ_LEN
+            rows.append(
+                {
+                    "user_id": f"u{u}",
+                    "item_id": f"i{(u + 3 * k) % 7}",
+                    "event_type": ("view", "add_to_cart", "purchase")[k % 3],
+                    "timestamp": start + pd.Timedelta(hours=13 * k + u),
+                }
+            )
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{j}" for j in range(8)],  # i7 is never interacted with
+            "title": [f"item {j}" for j in range(8)],
+            "category": ["makeup", "hair", "body", "makeup", "hair", "nails", "body", "makeup"],
+            "price": [float(j) + 0.5 for j in range(8)],
+            "available": [j != 2 for j in range(8)],
+        }
+    )
+    return pd.DataFrame(rows), items
+
+
+def backend_settings(backend: str, home):
+    overrides = {"home": home, "features": {"sequence_length": SEQ_LEN, "materialize_chunk_days": 2}}
+    if backend == "redis":
+        overrides |= {
+            "online_store": {"type": "redis", "redis_connection_string": REDIS},
+            "registry": {"type": "sql", "sql_url": PG_URL},
+        }
+    return load_settings(**overrides)
+
+
+def _drop_test_database() -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text('DROP DATABASE IF EXISTS "shoprec_test_features" WITH (FORCE)'))
+    engine.dispose()
+
+
+def _flush_redis() -> None:
+    import redis
+
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def shop(request, tmp_path_factory):
+    """(settings, events, items) of a built, applied and materialized feature store."""
+    backend = request.param
+    if backend == "redis":
+        _flush_redis()
+        _drop_test_database()
+    settings = backend_settings(backend, tmp_path_factory.mktemp(f"feast-{backend}"))
+    events, items = synthetic_shop()
+    lake.write_batch(settings.lake_dir, Batch.from_frames(events, items))
+    tables.build_tables(settings)
+    feast_store.apply(settings)
+    feast_store.materialize(settings, end=pd.Timestamp("2024-04-01", tz="UTC"))
+    yield settings, lake.read_events(settings.lake_dir), items
+    if backend == "redis":
+        _flush_redis()
+        _drop_test_database()
+
+
+@pytest.fixture(scope="module")
+def online(shop):
+    return OnlineFeatures(shop[0])
+
+
+def as_list(value) -> list:
+    """A list feature from a training set: missing values (None/NaN) are the empty sequence."""
+    return list(value) if isinstance(value, (list, tuple, np.ndarray)) else []
+
+
+def online_snapshot(online: OnlineFeatures, users: list[str], items: list[str]) -> tuple[dict, dict]:
+    return online.user_sequences(users), online.item_features(items)
+
+
+def test_apply_registers_the_repo(shop):
+    fs = feast_store.feature_store(shop[0])
+    assert sorted(v.name for v in fs.list_feature_views()) == sorted(tables.TABLES)
+    assert [s.name for s in fs.list_feature_services()] == ["recommender_v1"]
+
+
+def test_online_read_equals_offline_value(shop, online):
+    settings, events, items = shop
+    users = sorted(events["user_id"].unique())
+    as_of = pd.Timestamp("2024-03-31", tz="UTC")
+    offline = feast_store.training_set(
+        pd.DataFrame({"user_id": users, "item_id": "i0", "event_timestamp": as_of}), settings,
+        ["user_recent_items:item_ids", "user_recent_items:event_types", "user_stats:n_events"],
+    ).set_index("user_id")
+    sequences = online.user_sequences(users)
+    expected = recent_items(events, SEQ_LEN).set_index("user_id")
+    for u in users:
+        assert sequences[u]["item_ids"] == list(offline.loc[u, "item_ids"]) == expected.loc[u, "item_ids"]
+        assert sequences[u]["event_types"] == list(offline.loc[u, "event_types"])
+    stats = online.features(["user_stats:n_events"], "user_id", users)
+    assert {u: stats[u]["n_events"] for u in users} == offline["n_events"].to_dict()
+
+
+def test_item_features_online(online):
+    feats = online.item_features(["i0", "i2", "i7", "nope"])
+    assert feats["i0"]["price"] == 0.5 and feats["i0"]["available"] is True
+    assert feats["i2"]["available"] is False
+    assert feats["i7"]["popularity_30d"] == 0  # in the catalog, never interacted with
+    assert feats["nope"]["price"] is None
+
+
+def test_materialize_twice_gives_the_same_state(shop, online):
+    settings, events, _ = shop
+    users, items = sorted(events["user_id"].unique()), [f"i{j}" for j in range(8)]
+    before = online_snapshot(online, users, items)
+    window = dict(start=pd.Timestamp("2024-03-01", tz="UTC"), end=pd.Timestamp("2024-04-01", tz="UTC"))
+    feast_store.materialize(settings, **window)
+    feast_store.materialize(settings, **window)
+    assert online_snapshot(online, users, items) == before
+    again = feast_store.materialize(settings, end=window["end"])  # incremental: nothing new
+    assert all(v["chunks"] == 0 for v in again["views"].values())
+
+
+def test_leakage_features_at_t_never_include_later_events(shop):
+    settings, events, _ = shop
+    probes = events.assign(event_timestamp=events["timestamp"] - pd.Timedelta(seconds=1))[["user_id", "event_timestamp"]]
+    probes = pd.concat([probes, events[["user_id"]].assign(event_timestamp=events["timestamp"])], ignore_index=True)
+    got = feast_store.training_set(probes, settings, ["user_recent_items:item_ids", "user_recent_items:timestamps"])
+    assert set(zip(got["user_id"], got["event_timestamp"])) == set(zip(probes["user_id"], probes["event_timestamp"]))
+    for row in got.itertuples():
+        stamps = [pd.Timestamp(t).tz_localize(None).tz_localize("UTC") for t in as_list(row.timestamps)]
+        assert all(t <= row.event_timestamp for t in stamps)
+        expected = recent_items(events[events["user_id"] == row.user_id], SEQ_LEN, as_of=row.event_timestamp)
+        assert as_list(row.item_ids) == (expected["item_ids"].iloc[0] if len(expected) else [])
+
+
+def test_push_then_read_sees_the_new_event(shop, online):
+    settings, events, _ = shop
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    online.push_events(pd.DataFrame({"user_id": ["u0"], "item_id": ["i5"], "event_type": ["view"], "timestamp": [now]}))
+    seq = online.user_sequences(["u0"])["u0"]
+    assert seq["item_ids"][-1] == "i5" and seq["timestamps"][-1] == now and len(seq["item_ids"]) <= SEQ_LEN
+    logged = lake.read_events(tables.event_log_dir(settings))
+    assert ((logged["user_id"] == "u0") & (logged["item_id"] == "i5")).any()
+
+
+def test_batch_and_push_paths_agree(shop, online):
+    """A new user's events pushed one by one give what recent_items gives on the same events."""
+    _, events, _ = shop
+    mine = events[events["user_id"] == "u4"].assign(user_id="fresh-user")
+    for _, event in mine.iterrows():
+        online.push_events(event.to_frame().T)
+    expected = recent_items(mine, SEQ_LEN).iloc[0]
+    seq = online.user_sequences(["fresh-user"])["fresh-user"]
+    assert seq["item_ids"] == expected["item_ids"] and seq["event_types"] == expected["event_types"]
+    snapshots = tables.sequence_snapshots(mine, SEQ_LEN)
+    assert snapshots.iloc[-1]["item_ids"] == expected["item_ids"]
+
+
+def test_concurrent_pushes_for_one_user_lose_nothing(online):
+    base = pd.Timestamp.now(tz="UTC").floor("s") - pd.Timedelta(minutes=1)
+    pushes = [
+        pd.DataFrame({"user_id": ["busy"], "item_id": [f"c{k}"], "event_type": ["view"], "timestamp": [base + pd.Timedelta(seconds=k)]})
+        for k in range(SEQ_LEN)
+    ]
+    threads = [threading.Thread(target=online.push_events, args=(p,)) for p in pushes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert online.recent_items(["busy"])["busy"] == [f"c{k}" for k in range(SEQ_LEN)]
+
+
+BAD_EVENTS = {
+    "missing column": pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "timestamp": ["2024-03-05"]}),
+    "extra column": pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "event_type": ["view"], "timestamp": ["2024-03-05"], "x": [1]}),
+    "unparseable time": pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "event_type": ["view"], "timestamp": ["yesterday-ish"]}),
+    "unknown type": pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "event_type": ["teleport"], "timestamp": ["2024-03-05"]}),
+    "future": pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "event_type": ["view"], "timestamp": ["2999-01-01"]}),
+    "absurd user id": pd.DataFrame({"user_id": ["x" * 10_000], "item_id": ["i1"], "event_type": ["view"], "timestamp": ["2024-03-05"]}),
+    "control chars": pd.DataFrame({"user_id": ["u1\x00"], "item_id": ["i1"], "event_type": ["view"], "timestamp": ["2024-03-05"]}),
+    "not a frame": [{"user_id": "u1"}],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EVENTS))
+def test_malformed_events_are_rejected_and_change_nothing(shop, online, case):
+    settings = shop[0]
+    before = online.user_sequences(["u1"])
+    log_before = len(lake.read_events(tables.event_log_dir(settings)))
+    with pytest.raises(InvalidFeatureRequest):
+        online.push_events(BAD_EVENTS[case])
+    assert online.user_sequences(["u1"]) == before
+    assert len(lake.read_events(tables.event_log_dir(settings))) == log_before
+
+
+def test_unknown_features_and_absurd_ids_give_clear_errors(online):
+    with pytest.raises(InvalidFeatureRequest, match="unknown feature.*user_recent_items:nope"):
+        online.features(["user_recent_items:nope"], "user_id", ["u1"])
+    with pytest.raises(InvalidFeatureRequest, match="invalid id"):
+        online.recent_items(["u1", "y" * 1000])
+    with pytest.raises(InvalidFeatureRequest, match="invalid id"):
+        online.item_features([""])
+    assert online.recent_items(["never-seen"]) == {"never-seen": []}
+
+
+def test_forget_user_erases_online_and_offline_rows(shop, online):
+    settings = shop[0]
+    online.push_events(pd.DataFrame({"user_id": ["leaver"], "item_id": ["i1"], "event_type": ["view"], "timestamp": [pd.Timestamp.now(tz="UTC")]}))
+    online.push_events(pd.DataFrame({"user_id": ["u3"], "item_id": ["i1"], "event_type": ["view"], "timestamp": [pd.Timestamp.now(tz="UTC")]}))
+    assert online.recent_items(["leaver"])["leaver"] == ["i1"]
+    online.forget_user("leaver")
+    assert online.recent_items(["leaver"])["leaver"] == []
+    assert "leaver" not in set(lake.read_events(tables.event_log_dir(settings))["user_id"])
+    assert "u3" in set(lake.read_events(tables.event_log_dir(settings))["user_id"])  # others untouched
+    assert online.recent_items(["u3"])["u3"][-1] == "i1"
+
+
+@pytest.mark.redis
+def test_unreachable_redis_raises_feature_store_unavailable(shop):
+    settings = shop[0]
+    if settings.online_store.type != "redis":
+        pytest.skip("Redis-only")
+    down = settings.model_copy(update={"online_store": settings.online_store.model_copy(update={"redis_connection_string": "127.0.0.1:1,db=7"})})
+    with pytest.raises(FeatureStoreUnavailable):
+        OnlineFeatures(down).recent_items(["u1"])

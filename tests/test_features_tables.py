@@ -1,0 +1,47 @@
+"""Feature-table builders and profile selection, without the online store."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from shoprec.config import load_settings
+from shoprec.features import store, tables
+from shoprec.features.sequence import recent_items
+
+
+def test_text_embeddings_are_cached_by_text(settings):
+    items = pd.DataFrame({"item_id": ["a", "b"], "title": ["red lipstick", "blue shampoo"], "category": ["makeup", "hair"], "brand": ["x", "y"]})
+    first, encoded = tables.item_text_embedding(items, settings)
+    assert encoded == 2 and len(first["embedding"].iloc[0]) == settings.features.text_embedding_dim
+    again, encoded = tables.item_text_embedding(items, settings)
+    assert encoded == 0 and all((a == b).all() for a, b in zip(first["embedding"], again["embedding"]))
+    items.loc[1, "title"] = "green shampoo"
+    _, encoded = tables.item_text_embedding(items, settings)
+    assert encoded == 1  # only the changed item is re-encoded
+
+
+def test_sequence_snapshots_follow_recent_items_at_every_time():
+    ts = pd.Timestamp("2024-01-01", tz="UTC")
+    events = pd.DataFrame({
+        "user_id": ["u", "u", "u", "v", "u"],
+        "item_id": ["a", "b", "c", "a", "d"],
+        "event_type": ["view"] * 5,
+        "timestamp": [ts, ts + pd.Timedelta(hours=1), ts + pd.Timedelta(hours=1), ts, ts + pd.Timedelta(hours=2)],
+    })
+    snaps = tables.sequence_snapshots(events, max_len=2)
+    assert len(snaps) == 4  # one per (user, distinct time): u at 3 times, v once
+    for row in snaps.itertuples():
+        expected = recent_items(events[events["user_id"] == row.user_id], 2, as_of=row.event_timestamp).iloc[0]
+        assert row.item_ids == expected["item_ids"]
+
+
+def test_profile_selects_feature_store_yaml(home):
+    local = store.resolved_yaml(load_settings()).read_text()
+    assert "type: sqlite" in local and str(home.resolve()) in local and "${" not in local
+    prod = load_settings(online_store={"type": "redis", "redis_connection_string": "127.0.0.1:6379,db=9"},
+                         registry={"type": "sql", "sql_url": "postgresql+psycopg2://postgres@127.0.0.1:5432/x"})
+    text = store.resolved_yaml(prod).read_text()
+    assert "type: redis" in text and "db=9" in text and "registry_type: sql" in text
+    with pytest.raises(ValueError, match="no Feast configuration"):
+        store.resolved_yaml(load_settings(online_store={"type": "redis"}))
