@@ -46,9 +46,9 @@ def write_batch(lake: Path, batch: Batch) -> dict:
     written: list[str] = []
     events = batch.events
     if len(events):
-        dates = events["timestamp"].dt.strftime("%Y-%m-%d")
-        for date, part in events.groupby(dates, sort=True):
-            path = lake / "events" / f"date={date}" / f"batch-{batch_id}.parquet"
+        days = events["timestamp"].dt.floor("D")
+        for day, part in events.groupby(days, sort=True):
+            path = lake / "events" / f"date={day:%Y-%m-%d}" / f"batch-{batch_id}.parquet"
             table = pa.Table.from_pandas(part.reset_index(drop=True), schema=EVENT_ARROW_SCHEMA, preserve_index=False)
             _atomic_write(table, path)
             written.append(str(path.relative_to(lake)))
