@@ -45,7 +45,7 @@ class LazyGroup(click.Group):
         "features": "shoprec.commands.features:features",
         "train": "shoprec.commands.training:train",
         "evaluate": "shoprec.commands.training:evaluate",
-        "compress": "shoprec.commands.training:compress",
+        "compress": "shoprec.commands.compress:compress",
         "models": "shoprec.commands.training:models",
         "demo": "shoprec.commands.demo:demo",
     },

@@ -76,6 +76,12 @@ class ServingSettings(BaseModel):
     hide_unavailable: bool = True
     max_per_category: int = 0  # 0 = no diversity cap
     trending_days: int = 7
+    reload_poll_seconds: float = 5.0  # how often the service checks the PRODUCTION pointer
+    store_retry_seconds: float = 1.0  # after an online-store failure, serve the fallback this long before retrying
+    batch_max_size: int = 16  # adaptive micro-batching of model calls; <= 1 turns it off
+    batch_max_wait_ms: float = 2.0
+    workers: int = 1
+    torch_threads: int = 1  # per worker: a tiny model per request is fastest single-threaded; concurrency comes from requests
 
 
 class TrainingSettings(BaseModel):
@@ -89,6 +95,16 @@ class AirflowSettings(BaseModel):
     port: int = 8080
     parallelism: int = 4
     sql_alchemy_conn: str | None = None  # None = SQLite under home
+    retries: int = 2
+    retry_delay_seconds: float = 30.0  # doubles each try (exponential back-off)
+    task_timeout_minutes: float = 60.0
+    alert_webhook_url: str = ""  # SHOPREC_AIRFLOW__ALERT_WEBHOOK_URL: POSTed a JSON alert on task failure
+    min_new_events_for_training: int = 1  # an asset-triggered training run skips below this
+    # champion/challenger gate of the training DAG
+    holdout_fraction: float = 0.1  # the newest share of events (by time) both models are judged on
+    max_ndcg_drop_vs_champion: float = 0.0  # relative; 0 = the challenger must be at least as good
+    latency_budget_ms: float = 100.0  # batch-1 p50 of the model that would be served
+    service_url: str = ""  # the running recommender the deploy task hot-swaps; "" = localhost:serving.port
 
 
 class Settings(BaseSettings):
@@ -156,6 +172,15 @@ class Settings(BaseSettings):
     @cached_property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
+
+    @cached_property
+    def inbox_dir(self) -> Path:
+        """Where raw batches arrive (one folder per batch); the features DAG takes them from here."""
+        return self.home / "inbox"
+
+    @cached_property
+    def alerts_dir(self) -> Path:
+        return self.home / "alerts"
 
 
 class _ProfileSource(PydanticBaseSettingsSource):

@@ -29,6 +29,7 @@ REPO_MODULES = ("entities", "data_sources", "feature_views", "feature_services")
 TEMPLATES = {
     ("sqlite", "file"): "feature_store.yaml",
     ("redis", "sql"): "feature_store.production.yaml",
+    ("redis", "file"): "feature_store.redis.yaml",
 }
 
 

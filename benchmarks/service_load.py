@@ -1,0 +1,158 @@
+"""Bounded load on the recommendation service over loopback, with wrk (a C load generator).
+
+Sets up a throw-away shop (synthetic data, Feast with a Redis online store on a
+private port, a quick model and its compressed variant), then for two configurations
+of the same service, one after the other on the same machine, data and features:
+  served : the compressed variant (``--variant``, default dynamic_int8, built with
+           training.compression; ``none`` serves the FP32 model) with adaptive micro-batching
+  naive  : the FP32 PyTorch model, no batching (SHOPREC_SERVING__BATCH_MAX_SIZE=1)
+Each is promoted to production before its server starts. wrk runs at concurrency 1, 8
+and 32 on POST /recommend for known users (p50/p99 latency, requests/s, errors); then
+event-to-recommendation freshness: POST /events for a new user, then /recommend until
+it answers from the model with that event (p50/p99 over --fresh-trials).
+
+    python benchmarks/service_load.py [--seconds 10] [--events 20000] [--variant dynamic_int8] [--json]
+
+Targets (2 cores): p99 <= 25 ms at c=8, >= 300 req/s at c=32, zero errors,
+freshness p99 <= 100 ms. Needs `wrk` (apt-get install wrk) and redis-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shoprec.config import load_settings  # noqa: E402
+from tests.service_harness import TOKEN, RedisServer, Server, call, env_for, prepare_shop  # noqa: E402
+from training.registry import promote  # noqa: E402
+
+LUA = """
+local users = {}
+for line in io.lines("%s") do users[#users + 1] = line end
+local counter = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  counter = counter + 1
+  local body = '{"user_id": "' .. users[(counter %% #users) + 1] .. '", "k": 10}'
+  return wrk.format(nil, "/recommend", nil, body)
+end
+"""
+NAIVE = {"SHOPREC_SERVING__BATCH_MAX_SIZE": "1"}
+
+
+def compressed_variant(version: str, method: str) -> str:
+    """Save ``method`` (a TorchVariant maker of training.compression) of ``version``; returns the variant version."""
+    from shoprec.config import load_settings
+    from training.artifact import load_recommender
+    from training.compression.folding import fold_text_tower
+    from training.compression.quantization import dynamic_int8
+    from training.compression.variant import save_variant
+
+    makers = {"dynamic_int8": dynamic_int8}
+    settings = load_settings()
+    parent = load_recommender(version, settings)
+    return save_variant(makers[method](fold_text_tower(parent.torch_model)), parent, settings.models_dir)
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def parse_wrk(out: str) -> dict:
+    pct = {m[0]: _ms(m[1], m[2]) for m in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    sock = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return {"p50_ms": pct.get("50"), "p99_ms": pct.get("99"), "rps": rps, "requests": total, "errors": non2xx + sock}
+
+
+def run_wrk(url: str, script: Path, concurrency: int, seconds: int) -> dict:
+    threads = min(concurrency, 2)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return {"concurrency": concurrency, **parse_wrk(out)}
+
+
+def freshness(server: Server, item_ids: list[str], trials: int) -> dict:
+    times = []
+    for n in range(trials):
+        user = f"fresh-bench-{time.time_ns()}-{n}"
+        start = time.perf_counter()
+        status, _ = call(server, "POST", "/events", {"events": [{"user_id": user, "item_id": item_ids[n % len(item_ids)], "event_type": "view"}]}, token=TOKEN)
+        assert status == 200
+        while call(server, "POST", "/recommend", {"user_id": user, "k": 10})[1]["fallback"]:
+            if time.perf_counter() - start > 5:
+                break
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {"trials": trials, "p50_ms": times[len(times) // 2], "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per concurrency level")
+    parser.add_argument("--events", type=int, default=20000, help="synthetic events in the shop")
+    parser.add_argument("--fresh-trials", type=int, default=100)
+    parser.add_argument("--variant", default="dynamic_int8", choices=["dynamic_int8", "none"],
+                        help="compressed variant served in the 'served' configuration (none: FP32)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: apt-get install -y wrk")
+
+    home = Path(tempfile.mkdtemp(prefix="shoprec-bench-"))
+    redis = RedisServer(home / "redis").start()
+    env = env_for(home, redis.port, SHOPREC_SERVING__RELOAD_POLL_SECONDS="60")
+    os.environ.update(env)
+    shop = prepare_shop(args.events)
+    served_version = shop["version"] if args.variant == "none" else compressed_variant(shop["version"], args.variant)
+    configs = {"served": (served_version, {}), "naive": (shop["version"], NAIVE)}
+    users = home / "users.txt"
+    users.write_text("\n".join(shop["events"]["user_id"].drop_duplicates().astype(str)) + "\n")
+    script = home / "recommend.lua"
+    script.write_text(LUA % users)
+    report = {"events": args.events, "seconds": args.seconds, "configs": {}}
+    try:
+        for name, (version, extra) in configs.items():
+            promote(version, load_settings())
+            server = Server({**env, **extra}, log_path=home / f"serve-{name}.log").start()
+            try:
+                assert call(server, "GET", "/model")[1]["model_version"] == version
+                for _ in range(20):
+                    call(server, "POST", "/recommend", {"user_id": "warm-up", "k": 10})
+                levels = [run_wrk(server.url, script, c, args.seconds) for c in (1, 8, 32)]
+                fresh = freshness(server, shop["items"]["item_id"].astype(str).tolist(), args.fresh_trials)
+                report["configs"][name] = {"model_version": version, "load": levels, "freshness": fresh}
+            finally:
+                server.stop()
+    finally:
+        redis.kill()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{args.events} synthetic events, Redis online store, wrk {args.seconds}s per level, loopback")
+    print(f"{'config':8} {'c':>3} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
+    for name, r in report["configs"].items():
+        print(f"{name:8} model {r['model_version']}")
+        for lv in r["load"]:
+            print(f"{name:8} {lv['concurrency']:>3} {lv['p50_ms']:>8.2f} {lv['p99_ms']:>8.2f} {lv['rps']:>8.0f} {lv['errors']:>7}")
+        f = r["freshness"]
+        print(f"{name:8} freshness p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms ({f['trials']} events)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+-- The image creates the `shoprec` database (Feast's SQL registry); Airflow gets its own.
+CREATE DATABASE airflow;

@@ -1,0 +1,56 @@
+"""The deploy steps of the training DAG, over the service's HTTP API (no BentoML import).
+
+``reload_service`` asks the running service to load a version now (instead of waiting
+for its pointer watcher); ``smoke_test`` checks it serves that version and answers.
+The service is at ``http://127.0.0.1:<settings.serving.port>`` unless ``url`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from shoprec.config import Settings
+
+
+class ServiceError(RuntimeError):
+    """The service did not do what a deploy step needs."""
+
+
+def service_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.serving.port}"
+
+
+def _call(url: str, path: str, body: dict | None = None, token: str = "", timeout: float = 30) -> tuple[int, dict]:
+    request = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+    except OSError as error:
+        raise ServiceError(f"the service at {url} is not reachable: {error}") from error
+
+
+def reload_service(settings: Settings, version: str, url: str | None = None) -> dict:
+    """Load ``version`` in the running service; raises ServiceError if it is not serving it afterwards."""
+    status, body = _call(url or service_url(settings), "/admin/reload", {"version": version}, settings.api_token)
+    if status != 200 or body.get("serving") != version:
+        raise ServiceError(f"reload of {version} failed ({status}): {body}")
+    return body
+
+
+def smoke_test(settings: Settings, expect_version: str, url: str | None = None) -> dict:
+    """GET /model names ``expect_version`` and POST /recommend answers with items."""
+    url = url or service_url(settings)
+    status, model = _call(url, "/model")
+    if status != 200 or model.get("model_version") != expect_version:
+        raise ServiceError(f"the service serves {model.get('model_version') if model else None}, not {expect_version}")
+    status, answer = _call(url, "/recommend", {"user_id": "smoke-test", "k": 5})
+    if status != 200 or not answer.get("items"):
+        raise ServiceError(f"/recommend answered {status}: {answer}")
+    return {"model_version": expect_version, "items": len(answer["items"]), "fallback": answer["fallback"]}

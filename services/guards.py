@@ -1,0 +1,154 @@
+"""Refusing bad requests: limits on what a request may ask for, and an ASGI guard in front.
+
+- ``Limits``: k, history length, id length, events per request; refused with
+  ``RequestError`` (422 by default) and a message that says why.
+- ``RequestGuard`` (plain ASGI middleware, testable with a fake app), before anything
+  parses the body: writes (``/events``, ``/admin/...``) need
+  ``Authorization: Bearer <token>`` (no token configured means no writes at all: 401,
+  nothing written); a POST body must be JSON (a form-encoded body would otherwise be
+  read as "no fields" and answered with defaults): 415; a body above
+  ``max_body_bytes`` gets 422, whether the client sent a Content-Length or streamed chunks.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+
+from shoprec.config import Settings
+
+PROTECTED_PREFIXES = ("/events", "/admin/")
+
+
+class RequestError(ValueError):
+    """A request the service refuses; ``status`` is the HTTP code, ``detail`` extra JSON."""
+
+    def __init__(self, message: str, status: int = 422, detail: object | None = None):
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+    def body(self) -> dict:
+        out: dict = {"error": str(self)}
+        if self.detail is not None:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_k: int
+    max_history: int
+    max_events: int
+    max_id_length: int
+    max_body_bytes: int
+    max_text_length: int = 1000  # /similar_items text of a new item
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Limits":
+        s = settings.serving
+        return cls(
+            max_k=s.max_k,
+            max_history=s.max_history,
+            max_events=s.max_events_per_request,
+            max_id_length=settings.validation.max_id_length,
+            max_body_bytes=s.max_body_bytes,
+        )
+
+    def check_id(self, value: object, field: str) -> str:
+        if not isinstance(value, str):
+            raise RequestError(f"{field} must be a string")
+        if not value.strip():
+            raise RequestError(f"{field} must not be empty")
+        if len(value) > self.max_id_length:
+            raise RequestError(f"{field} is longer than {self.max_id_length} characters")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise RequestError(f"{field} contains control characters")
+        return value.strip()
+
+    def check_text(self, text: object) -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise RequestError("text must be a non-empty string")
+        if len(text) > self.max_text_length:
+            raise RequestError(f"text is longer than {self.max_text_length} characters")
+        return text.strip()
+
+    def check_k(self, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise RequestError("k must be an integer")
+        if not 1 <= k <= self.max_k:
+            raise RequestError(f"k must be between 1 and {self.max_k} (got {k})")
+        return k
+
+    def check_recommend(self, user_id: str | None, history: list[str] | None, k: int) -> tuple[str | None, list[str] | None, int]:
+        """Exactly one of user_id / history; returns the cleaned values."""
+        k = self.check_k(k)
+        if (user_id is None) == (history is None):
+            raise RequestError("give either user_id or history (an anonymous session), not both and not neither")
+        if user_id is not None:
+            return self.check_id(user_id, "user_id"), None, k
+        if len(history) > self.max_history:
+            raise RequestError(f"history has {len(history)} items; at most {self.max_history} are allowed")
+        return None, [self.check_id(item, f"history[{i}]") for i, item in enumerate(history)], k
+
+    def check_events(self, events: list) -> None:
+        if not events:
+            raise RequestError("events must be a non-empty list")
+        if len(events) > self.max_events:
+            raise RequestError(f"{len(events)} events in one request; at most {self.max_events} are allowed")
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def authorized(header: str | None, token: str) -> bool:
+    if not token or not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header.removeprefix("Bearer ").strip().encode(), token.encode())
+
+
+class RequestGuard:
+    def __init__(self, app, max_body_bytes: int, api_token: str):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.api_token = api_token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if scope["path"].startswith(PROTECTED_PREFIXES) and not authorized(headers.get("authorization"), self.api_token):
+            return await _send_json(send, 401, {"error": "missing or invalid bearer token; nothing was written"})
+        if scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        content_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return await _send_json(send, 415, {"error": f"send JSON with Content-Type: application/json (got {content_type!r})"})
+        too_big = {"error": f"request body is larger than {self.max_body_bytes} bytes"}
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await _send_json(send, 422, too_big)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                return await _send_json(send, 422, too_big)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)

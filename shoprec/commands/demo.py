@@ -1,0 +1,157 @@
+"""``shoprec demo``: the whole platform on embedded defaults, through Airflow, in one command.
+
+generate a shop's data -> drop it in the inbox -> run ``shoprec_features`` and
+``shoprec_training`` through Airflow (``airflow dags test``: real runs, recorded in the
+metadata database, so the UI lists them) -> the training run promotes a model and the
+running ``bentoml serve`` hot-swaps to it -> a live recommendation -> the Airflow UI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import click
+
+from shoprec.config import REPO_ROOT, Settings, load_settings
+
+
+def _step(number: int, text: str) -> float:
+    click.secho(f"[{number}/6] {text}", bold=True)
+    return time.monotonic()
+
+
+def _done(started: float, detail: str = "") -> None:
+    click.echo(f"      done in {time.monotonic() - started:.0f} s{(': ' + detail) if detail else ''}")
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    from shoprec.airflow_env import airflow_env
+
+    return {**os.environ, **airflow_env(settings)}
+
+
+def _run_dag(settings: Settings, dag_id: str, logical_date: datetime, log_path: Path) -> None:
+    """One real DAG run through the Airflow CLI; its (long) log goes to a file."""
+    from shoprec.airflow_env import airflow_cli
+
+    with open(log_path, "w") as log:
+        result = subprocess.run(
+            [airflow_cli(), "dags", "test", dag_id, logical_date.isoformat()],
+            env=_env(settings), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
+    finished = [line for line in log_path.read_text().splitlines() if "DagRun Finished" in line]
+    if result.returncode != 0 or not finished or "state=success" not in finished[-1]:
+        raise click.ClickException(f"DAG {dag_id} failed; its log: {log_path}")
+
+
+def _start_service(settings: Settings, log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [str(Path(sys.executable).with_name("bentoml")), "serve", "services.service:ShopRecService",
+             "--port", str(settings.serving.port)],
+            env=_env(settings), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def _wait_http(url: str, timeout_seconds: float) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=3):
+                return
+        except OSError:
+            time.sleep(1)
+    raise click.ClickException(f"nothing answered at {url} within {timeout_seconds:.0f} s")
+
+
+def _recommend(settings: Settings, user_id: str, k: int = 5) -> dict:
+    request = urllib.request.Request(
+        f"http://localhost:{settings.serving.port}/recommend",
+        data=json.dumps({"user_id": user_id, "k": k}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@click.command()
+@click.option("--events", "n_events", default=30_000, show_default=True, help="Events in the generated shop.")
+@click.option("--profile", "training_profile", default="quick", show_default=True,
+              type=click.Choice(["quick", "full"]), help="Training profile.")
+@click.option("--fresh/--keep", default=True, show_default=True, help="Start from an empty SHOPREC_HOME.")
+@click.option("--serve/--exit", "keep_serving", default=True, show_default=True,
+              help="Keep the service and the Airflow UI running until Ctrl+C, or stop them at the end.")
+def demo(n_events: int, training_profile: str, fresh: bool, keep_serving: bool) -> None:
+    """Run ShopRec end to end on embedded defaults: data -> Airflow DAGs -> served model -> live answer."""
+    from shoprec.airflow_env import admin_password, migrate_db, start_airflow, stop_process_group, ui_url, wait_until_healthy
+    from shoprec.generate import generate, write_generated
+    from shoprec.pipeline import inbox_folder
+
+    total = time.monotonic()
+    os.environ["SHOPREC_TRAINING__PROFILE"] = training_profile
+    # the deploy task hot-swaps the service through its /admin API, which needs a bearer token
+    os.environ.setdefault("SHOPREC_API_TOKEN", secrets.token_urlsafe(24))
+    settings = load_settings()
+    if fresh and settings.home.exists():
+        shutil.rmtree(settings.home)
+    logs = settings.reports_dir / "demo"
+    logs.mkdir(parents=True, exist_ok=True)
+    click.echo(f"ShopRec demo: state in {settings.home}, logs in {logs}")
+    processes: list[subprocess.Popen] = []
+    try:
+        t = _step(1, f"generating a shop with {n_events:,} events over 30 days, into the inbox")
+        now = datetime.now(timezone.utc)
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        batch = generate(n_events, seed=0, start=(hour - timedelta(days=30)).isoformat(), days=30, progress=True)
+        write_generated(batch, inbox_folder(settings, now, "demo-shop"))
+        _done(t, f"{batch.events['user_id'].nunique():,} users, {len(batch.items):,} items")
+
+        t = _step(2, "preparing Airflow's metadata database and starting the recommender service")
+        migrate_db(settings)
+        processes.append(_start_service(settings, logs / "bentoml.log"))
+        _done(t)
+
+        t = _step(3, "Airflow: shoprec_features (validate with Great Expectations -> lake -> features -> Feast)")
+        _run_dag(settings, "shoprec_features", hour + timedelta(hours=1), logs / "shoprec_features.log")
+        _done(t)
+
+        t = _step(4, f"Airflow: shoprec_training ({training_profile} profile: train -> evaluate -> compress -> gate "
+                     "-> register -> deploy -> smoke test)")
+        _run_dag(settings, "shoprec_training", now, logs / "shoprec_training.log")
+        _done(t)
+
+        t = _step(5, "asking the live service for a recommendation")
+        _wait_http(f"http://localhost:{settings.serving.port}/readyz", 120)
+        user = batch.events["user_id"].iloc[-1]
+        answer = _recommend(settings, user)
+        click.echo(f"      POST /recommend {{\"user_id\": \"{user}\", \"k\": 5}} ->")
+        click.echo("      " + json.dumps(answer, default=str)[:1500])
+        _done(t)
+
+        t = _step(6, "starting the Airflow UI")
+        airflow = start_airflow(settings, logs / "airflow-standalone.log")
+        processes.append(airflow)
+        wait_until_healthy(settings, timeout_seconds=180)
+        _done(t)
+
+        click.secho(f"\nDemo finished in {time.monotonic() - total:.0f} s.", bold=True)
+        click.echo(f"  Airflow UI:       {ui_url(settings)}  (user admin, password {admin_password(settings)})")
+        click.echo(f"  Service API docs: http://localhost:{settings.serving.port}/  (OpenAPI: /docs.json)")
+        click.echo(f"  Reports:          {settings.reports_dir}  (validation: {settings.validation_dir})")
+        if keep_serving:
+            click.echo("Serving; press Ctrl+C to stop the service and Airflow.")
+            processes[-1].wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for process in reversed(processes):
+            stop_process_group(process)

@@ -1,0 +1,339 @@
+"""The Airflow DAGs: they import, their graphs are as designed, and they run with dag.test().
+
+Airflow reads its configuration once, at first import, so this module points it at the
+session's SHOPREC_HOME before anything imports Airflow. The DAG tasks load the settings
+when they run, so each test's own SHOPREC_HOME (the ``home`` fixture) isolates its data.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from shoprec.airflow_env import DAGS_DIR, apply_airflow_env, migrate_db
+from shoprec.config import load_settings
+from shoprec.pipeline import enough_new_events, inbox_batches, inbox_folder
+
+apply_airflow_env(load_settings())
+import great_expectations  # noqa: E402,F401  before Airflow, or its logging makes GX chatty
+
+HOUR = datetime(2026, 11, 1, 10, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def airflow_db():
+    migrate_db(load_settings())
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_DIR))
+
+
+def edges(dag) -> set[tuple[str, str]]:
+    return {(t.task_id, down) for t in dag.tasks for down in t.downstream_task_ids}
+
+
+def states(run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state) for ti in run.get_task_instances()}
+
+
+# --- structure ------------------------------------------------------------------------------
+
+
+def test_every_dag_imports_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == {"shoprec_features", "shoprec_training"}
+
+
+def test_features_graph_is_validate_then_features_then_materialize(dagbag):
+    dag = dagbag.get_dag("shoprec_features")
+    assert edges(dag) == {
+        ("pick_batches", "validate_and_ingest"),
+        ("validate_and_ingest", "build_features"),
+        ("build_features", "feast_apply"),
+        ("feast_apply", "materialize"),
+        ("validate_and_ingest", "materialize"),
+    }
+    assert dag.get_task("validate_and_ingest").retries == 0  # bad data stays bad: no retry
+    assert [a.name for a in dag.get_task("materialize").outlets] == ["shoprec_features"]
+    assert "0 * * * *" in str(dag.timetable)
+
+
+def test_training_graph_runs_every_step_in_order_behind_the_gate(dagbag):
+    dag = dagbag.get_dag("shoprec_training")
+    chain = ["enough_new_data", "training_set", "train", "evaluate", "gate", "register", "build_bento", "deploy", "smoke_test"]
+    assert {(a, b) for a, b in zip(chain, chain[1:])} <= edges(dag)
+    assert {("train", "compress"), ("compress", "gate")} <= edges(dag)
+    # nothing reaches the registry without passing the gate
+    assert dag.get_task("register").upstream_task_ids >= {"gate"}
+    assert "shoprec_features" in str(dag.timetable) and "0 3 * * *" in str(dag.timetable)
+
+
+def test_every_task_has_retries_backoff_timeout_and_alert(dagbag):
+    from shoprec.pipeline import alert_on_failure
+
+    for dag in dagbag.dags.values():
+        for t in dag.tasks:
+            assert t.execution_timeout is not None, t.task_id
+            assert t.retry_exponential_backoff, t.task_id
+            assert alert_on_failure in (t.on_failure_callback or []) or t.on_failure_callback is alert_on_failure
+
+
+# --- pure glue ------------------------------------------------------------------------------
+
+
+def test_inbox_takes_exactly_the_batches_of_the_interval(settings):
+    for minute in (59, 60, 119, 120):  # 10:59 and 11:00 .. 11:59 and 12:00
+        inbox_folder(settings, HOUR + timedelta(minutes=minute), "b").mkdir(parents=True)
+    (settings.inbox_dir / "README").write_text("not a batch")
+    (settings.inbox_dir / "garbage-folder").mkdir()
+    picked = inbox_batches(settings, HOUR + timedelta(hours=1), HOUR + timedelta(hours=2))
+    assert [p.name for p in picked] == ["20261101T110000Z-b", "20261101T115900Z-b"]
+    assert inbox_batches(settings, HOUR - timedelta(hours=5), HOUR) == []
+
+
+def test_asset_triggered_training_needs_enough_new_events(settings, monkeypatch):
+    class Event:
+        def __init__(self, n):
+            self.extra = {"new_events": n}
+
+    monkeypatch.setenv("SHOPREC_AIRFLOW__MIN_NEW_EVENTS_FOR_TRAINING", "100")
+    strict = load_settings()
+    assert enough_new_events(strict, None)  # scheduled run
+    assert not enough_new_events(strict, {"shoprec_features": [Event(40), Event(50)]})
+    assert enough_new_events(strict, {"shoprec_features": [Event(40), Event(60)]})
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def online_store_dump(settings) -> list[str]:
+    path = settings.feast_dir / "online_store.db"
+    with sqlite3.connect(path) as db:
+        return list(db.iterdump())
+
+
+def tree(path: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def features_run(dagbag, tmp_path_factory):
+    """One real features run on a small generated batch, in a home of its own."""
+    from shoprec.generate import generate, write_generated
+
+    home = tmp_path_factory.mktemp("features-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHOPREC_HOME", str(home))
+        settings = load_settings()
+        batch = generate(3000, seed=3, start="2026-10-01", days=20)
+        write_generated(batch, inbox_folder(settings, HOUR + timedelta(minutes=30), "shop"))
+        run = dagbag.get_dag("shoprec_features").test(logical_date=HOUR + timedelta(hours=1))
+        yield settings, batch, run
+
+
+@pytest.mark.slow
+def test_features_dag_ingests_builds_and_materializes(features_run):
+    settings, batch, run = features_run
+    assert str(run.state) in ("success", "DagRunState.SUCCESS"), states(run)
+    assert set(states(features_run[2]).values()) == {"success"}
+    assert len(list((settings.lake_dir / "events").rglob("*.parquet"))) >= 1
+    from shoprec.features.store import feature_store
+
+    user = batch.events["user_id"].iloc[-1]
+    online = feature_store(settings).get_online_features(
+        features=["user_recent_items:item_ids"], entity_rows=[{"user_id": user}]
+    ).to_dict()
+    assert online["item_ids"][0], f"no online sequence for {user}"
+
+
+@pytest.mark.slow
+def test_invalid_batch_fails_at_validation_and_changes_nothing(features_run, dagbag, monkeypatch):
+    settings, batch, _ = features_run
+    monkeypatch.setenv("SHOPREC_HOME", str(settings.home))
+    online_before, models_before = online_store_dump(settings), tree(settings.models_dir) + tree(settings.bentoml_home)
+    bad = inbox_folder(settings, HOUR + timedelta(hours=1, minutes=5), "broken")
+    bad.mkdir(parents=True)
+    events = batch.events.head(50).copy()
+    events["user_id"] = None
+    events.to_parquet(bad / "events.parquet")
+
+    run = dagbag.get_dag("shoprec_features").test(logical_date=HOUR + timedelta(hours=2))
+
+    got = states(run)
+    assert "failed" in str(run.state).lower()
+    assert got["validate_and_ingest"] == "failed"
+    assert got["pick_batches"] == "success"
+    assert {got[t] for t in ("build_features", "feast_apply", "materialize")} <= {"upstream_failed", "skipped"}
+    assert online_store_dump(settings) == online_before
+    assert tree(settings.models_dir) + tree(settings.bentoml_home) == models_before
+    assert any(settings.quarantine_dir.iterdir()), "the refused batch was not quarantined"
+    alerts = [json.loads(p.read_text()) for p in settings.alerts_dir.glob("*.json")]
+    assert any(a["task_id"] == "validate_and_ingest" and "broken" in a["error"] for a in alerts)
+
+
+RETRY_DAG = '''
+from datetime import datetime, timezone
+from pathlib import Path
+from airflow.sdk import dag, task
+from shoprec.config import load_settings
+from shoprec.pipeline import task_defaults
+
+@dag(dag_id="{dag_id}", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+     default_args=task_defaults(load_settings()))
+def flaky():
+    @task
+    def fails_{mode}():
+        marker = Path(load_settings().home) / "tried-{dag_id}"
+        if "{mode}" == "always" or not marker.exists():
+            marker.touch()
+            raise RuntimeError("transient trouble")
+        return "ok"
+    fails_{mode}()
+
+flaky()
+'''
+
+
+def test_a_task_that_fails_once_recovers_on_retry_and_a_lasting_failure_alerts(
+    airflow_db, home, tmp_path, monkeypatch
+):
+    from airflow.dag_processing.dagbag import DagBag
+
+    home.mkdir(parents=True)
+    monkeypatch.setenv("SHOPREC_AIRFLOW__RETRY_DELAY_SECONDS", "0.1")
+    monkeypatch.setenv("SHOPREC_AIRFLOW__RETRIES", "1")
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    for dag_id, mode in (("shoprec_test_once", "once"), ("shoprec_test_always", "always")):
+        (folder / f"{dag_id}.py").write_text(textwrap.dedent(RETRY_DAG.format(dag_id=dag_id, mode=mode)))
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import sync_bag_to_db
+
+    bag = DagBag(dag_folder=str(folder))
+    assert bag.import_errors == {}
+    # dag.test() only runs DAGs serialized in the metadata DB under a known bundle
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)
+    settings = load_settings()
+
+    once = bag.get_dag("shoprec_test_once").test()
+    [ti] = once.get_task_instances()
+    assert states(once) == {"fails_once": "success"} and ti.try_number == 2
+    assert not settings.alerts_dir.exists() or not list(settings.alerts_dir.iterdir())
+
+    always = bag.get_dag("shoprec_test_always").test()
+    assert states(always) == {"fails_always": "failed"}
+    [alert] = [json.loads(p.read_text()) for p in settings.alerts_dir.glob("*.json")]
+    assert alert["dag_id"] == "shoprec_test_always" and "transient trouble" in alert["error"]
+
+
+# --- training: a real service to deploy to ----------------------------------------------------
+
+TOKEN = "test-deploy-token"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def service_env(features_run):
+    """`bentoml serve` of the ShopRec service on the features run's home, as the DAG's deploy target."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from shoprec.airflow_env import stop_process_group
+    from shoprec.config import REPO_ROOT
+
+    settings = features_run[0]
+    env = {"SHOPREC_HOME": str(settings.home), "SHOPREC_SERVING__PORT": str(free_port()), "SHOPREC_API_TOKEN": TOKEN,
+           "SHOPREC_TRAINING__PROFILE": "quick", "BENTOML_HOME": str(settings.bentoml_home),
+           # a hold-out big enough for the compression benchmark's batches of 32 on this small shop
+           "SHOPREC_AIRFLOW__HOLDOUT_FRACTION": "0.3", "SHOPREC_AIRFLOW__RETRIES": "0"}
+    log = open(settings.home / "service.log", "wb")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("bentoml")), "serve", "services.service:ShopRecService",
+         "--port", env["SHOPREC_SERVING__PORT"]],
+        cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{env['SHOPREC_SERVING__PORT']}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            get_json(f"{url}/model")
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                stop_process_group(process)
+                pytest.fail(f"the service did not start; see {settings.home / 'service.log'}")
+            time.sleep(1)
+    yield env, url
+    stop_process_group(process)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def training_runs(features_run, service_env, dagbag):
+    """A first training run (no champion: promotes), then a crippled challenger that must lose."""
+    from training.registry import production_version
+
+    env, url = service_env
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        settings = load_settings()
+        dag = dagbag.get_dag("shoprec_training")
+        first = dag.test(logical_date=datetime(2026, 11, 2, 3, 0, tzinfo=timezone.utc))
+        champion = production_version(settings)
+        losing = dag.test(
+            logical_date=datetime(2026, 11, 3, 3, 0, tzinfo=timezone.utc),
+            run_conf={"mode": "full", "overrides": {"max_epochs": 1, "lr": 1e-7}},
+        )
+        yield settings, url, first, champion, losing
+
+
+@pytest.mark.slow
+def test_training_dag_trains_promotes_registers_and_deploys(training_runs):
+    from services.registry import registered_path
+
+    settings, url, first, champion, _ = training_runs
+    assert set(states(first).values()) == {"success"}, states(first)
+    assert champion is not None
+    assert registered_path(champion, settings).is_dir()  # in the BentoML model store
+    assert list((settings.bentoml_home / "bentos").rglob("bento.yaml")), "no Bento was built"
+    assert get_json(f"{url}/model")["model_version"] == champion  # the live service swapped
+
+
+@pytest.mark.slow
+def test_a_losing_challenger_stops_at_the_gate_and_production_is_untouched(training_runs):
+    from training.registry import production_version
+
+    settings, url, _, champion, losing = training_runs
+    got = states(losing)
+    assert got["gate"] == "success" and got["train"] == "success"
+    assert {got[t] for t in ("register", "build_bento", "deploy", "smoke_test")} == {"skipped"}
+    assert production_version(settings) == champion
+    assert get_json(f"{url}/model")["model_version"] == champion

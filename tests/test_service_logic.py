@@ -1,0 +1,299 @@
+"""Unit tests of the service's pure logic (no server, no model): limits, rules, reasons,
+fallback rankings, model swapping, the store guard, micro-batching, request guards, erasure in the lake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.batching import MicroBatcher
+from services.catalog import Catalog, Popularity
+from services.engine import erase_from_lake
+from services.guards import Limits, RequestError, RequestGuard, authorized
+from services.ranking import TRENDING, excluded_items, explain, top_k, unit_rows
+from services.resilience import ModelHolder, StoreGuard
+
+LIMITS = Limits(max_k=50, max_history=5, max_events=3, max_id_length=10, max_body_bytes=100)
+
+
+# --- limits -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "user_id, history, k, message",
+    [
+        ("u1", None, 0, "k must be between 1 and 50"),
+        ("u1", None, 10**12, "k must be between 1 and 50"),
+        ("u1", None, True, "k must be an integer"),
+        (None, None, 5, "give either user_id or history"),
+        ("u1", ["a"], 5, "give either user_id or history"),
+        ("x" * 11, None, 5, "user_id is longer than 10"),
+        ("   ", None, 5, "user_id must not be empty"),
+        ("u\x00", None, 5, "control characters"),
+        ("u\x7f", None, 5, "control characters"),
+        (None, list("abcdef"), 5, "history has 6 items; at most 5"),
+        (None, ["a", 3], 5, r"history\[1\] must be a string"),
+    ],
+)
+def test_limits_refuse_with_a_clear_message(user_id, history, k, message):
+    with pytest.raises(RequestError, match=message) as err:
+        LIMITS.check_recommend(user_id, history, k)
+    assert err.value.status == 422
+
+
+def test_limits_accept_and_clean_a_valid_request():
+    assert LIMITS.check_recommend(" u1 ", None, 50) == ("u1", None, 50)
+    assert LIMITS.check_recommend(None, ["a", "b"], 1) == (None, ["a", "b"], 1)
+    assert LIMITS.check_recommend(None, [], 3) == (None, [], 3)  # empty session: trending later
+
+
+def test_event_count_limits():
+    with pytest.raises(RequestError, match="non-empty"):
+        LIMITS.check_events([])
+    with pytest.raises(RequestError, match="4 events in one request; at most 3"):
+        LIMITS.check_events([{}] * 4)
+
+
+# --- rules ------------------------------------------------------------------------------
+HISTORY = [("a", "view"), ("b", "purchase"), ("c", "add_to_cart")]
+
+
+@pytest.mark.parametrize(
+    "exclude, exclude_seen, expected",
+    [
+        ("seen", True, {"a", "b", "c"}),
+        ("seen", False, {"b"}),
+        ("purchased", True, {"b"}),
+        ("none", True, set()),
+    ],
+)
+def test_excluded_items(exclude, exclude_seen, expected):
+    assert excluded_items(HISTORY, exclude, exclude_seen) == expected
+
+
+def test_top_k_orders_best_first_and_skips_banned():
+    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
+    banned = np.array([False, True, False, False, False])
+    assert top_k(scores, 3, banned=banned) == [3, 2, 4]
+    assert top_k(scores, 10, banned=banned) == [3, 2, 4, 0]  # fewer allowed than k
+    assert top_k(scores, 3, banned=np.ones(5, bool)) == []
+
+
+def test_top_k_category_cap_reaches_deep_candidates():
+    n = 200
+    scores = np.linspace(1, 0, n)
+    categories = np.array(["big"] * (n - 2) + ["x", "y"], dtype=object)
+    picked = top_k(scores, 3, banned=np.zeros(n, bool), categories=categories, max_per_category=1)
+    assert picked == [0, n - 2, n - 1]
+
+
+# --- catalog, popularity, reasons ---------------------------------------------------------
+ITEMS = pd.DataFrame(
+    {
+        "item_id": ["a", "b", "new"],
+        "title": ["Red lipstick", "Blue mascara", "Green serum"],
+        "category": ["lips", "eyes", "skin"],
+        "brand": ["L", "M", None],
+        "available": [True, False, True],
+    }
+)
+
+
+def test_catalog_aligns_with_the_model_vocabulary():
+    cat = Catalog.build(["b", "a", "z"], ITEMS)
+    assert cat.available.tolist() == [False, True, True]  # z is not in the catalog: assumed available
+    assert cat.categories.tolist() == ["eyes", "lips", None]
+    assert cat.title("a") == "Red lipstick" and cat.title("z") == "z"
+    assert cat.texts["new"] == "Green serum | skin"
+    assert cat.indices(["a", "unknown", "z"]) == [1, 2]
+
+
+def test_trending_uses_the_last_days_before_the_newest_event():
+    t = pd.Timestamp("2024-01-10", tz="UTC")
+    events = pd.DataFrame(
+        {"item_id": ["a"] * 5 + ["b", "b"], "timestamp": [t - pd.Timedelta(days=30)] * 5 + [t, t]}
+    )
+    pop = Popularity.from_events(events, {"a": 0, "b": 1, "c": 2}, days=7)
+    assert pop.trending.tolist() == [0.0, 1.0, 0.0]
+    assert pop.overall.tolist() == pytest.approx([1.0, 0.4, 0.0])
+
+
+def test_reason_names_the_closest_history_item_with_its_event():
+    emb = unit_rows(np.array([[1, 0], [0, 1], [0.9, 0.1], [0.1, 0.9]], dtype=np.float32))
+    titles = ["Lipstick", "Mascara", "Gloss", "Liner"]
+    reasons = explain([2, 3], [(0, "purchase"), (1, "view")], emb, titles.__getitem__)
+    assert reasons == ["because you bought Lipstick", "because you viewed Mascara"]
+    assert explain([2], [], emb, titles.__getitem__) == [TRENDING]
+
+
+# --- model holder ---------------------------------------------------------------------------
+def test_failed_version_keeps_the_old_one_serving_and_is_reported():
+    pointer = {"v": "v1"}
+
+    def load(version):
+        if version == "bad":
+            raise ValueError("weights are corrupt")
+        return f"model-{version}"
+
+    holder = ModelHolder(load, lambda: pointer["v"])
+    assert holder.refresh()["status"] == "swapped" and holder.current == "model-v1"
+    assert holder.refresh()["status"] == "unchanged"
+    pointer["v"] = "bad"
+    report = holder.refresh()
+    assert report["status"] == "failed" and holder.current == "model-v1" and holder.version == "v1"
+    assert "weights are corrupt" in holder.last_failure["error"]
+    pointer["v"] = "v2"
+    assert holder.refresh()["serving"] == "v2" and holder.last_failure is None
+
+
+def test_requests_see_the_old_model_until_the_new_one_is_complete():
+    release = threading.Event()
+
+    def slow_load(version):
+        release.wait(5)
+        return version
+
+    holder = ModelHolder(slow_load, lambda: "v2")
+    holder._current, holder._version = "v1", "v1"
+    loader = threading.Thread(target=holder.refresh)
+    loader.start()
+    time.sleep(0.05)
+    assert holder.current == "v1"  # still serving while v2 loads
+    release.set()
+    loader.join(5)
+    assert holder.current == "v2"
+
+
+# --- store guard -----------------------------------------------------------------------------
+def test_store_guard_skips_then_retries_by_itself():
+    now = [0.0]
+    guard = StoreGuard(cooldown_s=1.0, clock=lambda: now[0])
+    assert guard.should_try()
+    guard.failed(ConnectionError("refused"))
+    assert not guard.should_try() and "refused" in guard.last_error
+    now[0] = 1.5
+    assert guard.should_try()
+    guard.succeeded()
+    assert guard.last_error is None
+
+
+# --- micro-batching -----------------------------------------------------------------------------
+def test_micro_batcher_groups_concurrent_calls_and_keeps_order():
+    calls = []
+
+    def double(batch):
+        calls.append(len(batch))
+        time.sleep(0.01)
+        return [x * 2 for x in batch]
+
+    batcher = MicroBatcher(double, max_batch=8, max_wait_s=0.005)
+    results = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.submit(i))) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert results == {i: i * 2 for i in range(16)}
+    assert max(calls) > 1 and sum(calls) == 16
+
+
+def test_micro_batcher_passes_errors_to_every_caller():
+    batcher = MicroBatcher(lambda batch: 1 / 0, max_batch=4, max_wait_s=0.001)
+    with pytest.raises(ZeroDivisionError):
+        batcher.submit(1)
+
+
+# --- request guard (ASGI) ---------------------------------------------------------------------
+def _call(guard_kwargs, path, headers=(), body_chunks=(b"{}",), method="POST"):
+    seen = {}
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        seen["body"] = body
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    chunks = list(body_chunks)
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(msg):
+        sent.append(msg)
+
+    scope = {"type": "http", "path": path, "method": method, "headers": [(k.encode(), v.encode()) for k, v in headers]}
+    asyncio.run(RequestGuard(app, **guard_kwargs)(scope, receive, send))
+    body = sent[1]["body"]
+    return sent[0]["status"], (json.loads(body) if body != b"ok" else "ok"), seen
+
+
+GUARD = {"max_body_bytes": 10, "api_token": "s3cret"}
+
+
+def test_writes_need_the_bearer_token_and_never_reach_the_app_without_it():
+    for headers in [(), (("authorization", "Bearer wrong"),), (("authorization", "s3cret"),)]:
+        status, body, seen = _call(GUARD, "/events", headers)
+        assert status == 401 and "bearer token" in body["error"] and not seen
+    status, _, seen = _call(GUARD, "/admin/reload", [("authorization", "Bearer s3cret")])
+    assert status == 200 and seen["body"] == b"{}"
+    assert not authorized("Bearer ", "")  # no token configured: no writes
+
+
+def test_oversized_bodies_are_refused_declared_or_streamed():
+    status, body, seen = _call(GUARD, "/recommend", [("content-length", "11")], [b"x" * 11])
+    assert status == 422 and "larger than 10 bytes" in body["error"] and not seen
+    status, body, seen = _call(GUARD, "/recommend", (), [b"x" * 6, b"y" * 6])
+    assert status == 422 and not seen
+    status, _, seen = _call(GUARD, "/recommend", (), [b"12345", b"678"])
+    assert status == 200 and seen["body"] == b"12345678"
+
+
+def test_non_json_bodies_are_refused():
+    status, body, seen = _call(GUARD, "/recommend", [("content-type", "application/x-www-form-urlencoded")])
+    assert status == 415 and "application/json" in body["error"] and not seen
+    assert _call(GUARD, "/recommend", [("content-type", "application/json; charset=utf-8")])[0] == 200
+
+
+# --- erasure ----------------------------------------------------------------------------------
+def test_erasure_removes_only_that_users_events(tmp_path):
+    from shoprec.adapters.base import Batch
+    from shoprec.lake import read_events, write_batch
+
+    t = pd.Timestamp("2024-01-01", tz="UTC")
+    events = pd.DataFrame(
+        {"user_id": ["u1", "u2", "u1", "u3"], "item_id": list("abcd"), "event_type": ["view"] * 4,
+         "timestamp": [t, t, t + pd.Timedelta(days=1), t + pd.Timedelta(days=1)]}
+    )
+    write_batch(tmp_path, Batch.from_frames(events))
+
+    assert erase_from_lake(tmp_path, "u1") == 2
+    assert sorted(read_events(tmp_path)["user_id"]) == ["u2", "u3"]
+    assert erase_from_lake(tmp_path, "u1") == 0
+
+
+# --- BentoML model store ------------------------------------------------------------------------
+def test_register_in_bentoml_copies_the_version_once(settings, tmp_path):
+    from services.registry import register_in_bentoml, registered_path
+
+    version_dir = tmp_path / "sasrec-20260101T000000Z-abc123"
+    version_dir.mkdir()
+    (version_dir / "items.json").write_text('["a", "b"]')
+    (version_dir / "metadata.json").write_text(json.dumps({"version": version_dir.name, "metrics": {"HR@10": 0.5}}))
+    tag = register_in_bentoml(version_dir, settings)
+    assert tag.startswith("shoprec-recommender:sasrec-20260101t000000z-abc123")
+    assert register_in_bentoml(version_dir, settings) == tag  # idempotent
+    stored = registered_path(version_dir.name, settings)
+    assert (stored / "items.json").read_text() == '["a", "b"]' and str(settings.bentoml_home) in str(stored)
+    with pytest.raises(FileNotFoundError):
+        register_in_bentoml(tmp_path / "missing", settings)

@@ -1,0 +1,45 @@
+"""A short training loop shared by pruning (fine-tune under masks) and distillation."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from training.data import SplitData
+from training.trainer import training_examples
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # items, positions, targets -> loss
+
+
+def train_steps(model: torch.nn.Module, split: SplitData, loss_fn: LossFn, *, epochs: int, lr: float,
+                batch_size: int = 128, seed: int = 0, after_step: Callable[[], None] | None = None,
+                desc: str = "fine-tune") -> list[float]:
+    """``epochs`` passes over every training prefix; returns the mean loss per epoch. Leaves ``model`` in eval mode."""
+    inputs, targets, lengths = training_examples(split.train, model.max_len)
+    if len(inputs) == 0:
+        raise ValueError("no training sequences with at least two items")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    generator = np.random.default_rng(seed)
+    losses = []
+    for epoch in range(epochs):
+        model.train()
+        order, total = generator.permutation(len(inputs)), 0.0
+        batches = range(0, len(order), batch_size)
+        for start in tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False):
+            rows = order[start : start + batch_size]
+            width = int(lengths[rows].max())
+            items = torch.from_numpy(inputs[rows, -width:])
+            positions = torch.arange(model.max_len - width, model.max_len).expand_as(items)
+            loss = loss_fn(items, positions, torch.from_numpy(targets[rows, -width:]))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            total += loss.item()
+        losses.append(total / len(batches))
+    model.eval()
+    return losses

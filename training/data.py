@@ -1,0 +1,182 @@
+"""Training data: canonical events -> per-user item sequences -> index tensors.
+
+Sequences come from ``shoprec.features.sequence.recent_items`` (the one definition
+of a user's sequence), so training sees exactly what serving will see. Item index
+0 is padding; the vocabulary maps item_id strings to 1..n.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from shoprec.features.sequence import recent_items
+
+PAD = 0
+
+
+def load_events(source: str, settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(events, items) for training: ``lake`` (ingested data) or ``beauty`` (the benchmark file).
+
+    The one place that decides where training data comes from; the feature store
+    replaces the lake branch later.
+    """
+    if source == "lake":
+        from shoprec import lake
+
+        events = lake.read_events(settings.lake_dir)
+        if events.empty:
+            raise ValueError(f"the lake at {settings.lake_dir} holds no events; run `shoprec ingest` first")
+        return events, lake.read_items(settings.lake_dir)
+    if source == "beauty":
+        from shoprec.adapters import read_batch
+        from shoprec.config import SHARED_DATA_DIR
+
+        batch = read_batch("s3rec", SHARED_DATA_DIR / "amazon-beauty")
+        return batch.events, batch.items
+    raise ValueError(f"unknown data source {source!r}; choose lake or beauty")
+
+
+def user_sequences(events: pd.DataFrame, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Per user the whole item history, oldest first: columns user_id, item_ids, timestamps."""
+    if events.empty:
+        raise ValueError("no events to build sequences from")
+    return recent_items(events, None, as_of)[["user_id", "item_ids", "timestamps"]]
+
+
+def fingerprint(events: pd.DataFrame) -> str:
+    """Content hash of the training events (user, item, time), independent of row order."""
+    cols = events[["user_id", "item_id", "timestamp"]].sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    return hashlib.sha256(pd.util.hash_pandas_object(cols, index=False).values.tobytes()).hexdigest()[:16]
+
+
+class ItemVocab:
+    """item_id string <-> index; index 0 is padding, items are 1..n in insertion order."""
+
+    def __init__(self, item_ids: list[str]):
+        if len(set(item_ids)) != len(item_ids):
+            raise ValueError("item vocabulary has duplicate ids")
+        self.item_ids = [str(i) for i in item_ids]
+        self.index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+
+    def __len__(self) -> int:
+        return len(self.item_ids) + 1  # with padding
+
+    @classmethod
+    def from_events(cls, events: pd.DataFrame, items: pd.DataFrame | None = None) -> "ItemVocab":
+        """Catalog items first (in catalog order), then items only seen in events."""
+        ids = list(dict.fromkeys(items["item_id"].astype(str))) if items is not None and len(items) else []
+        known = set(ids)
+        ids += [i for i in dict.fromkeys(events["item_id"].astype(str)) if i not in known]
+        return cls(ids)
+
+    def grown(self, new_ids) -> "ItemVocab":
+        """A new vocabulary: these indices unchanged, unseen ids appended."""
+        return ItemVocab(self.item_ids + [i for i in dict.fromkeys(map(str, new_ids)) if i not in self.index])
+
+    def encode(self, items) -> np.ndarray:
+        """Indices of known items; unknown ids are dropped."""
+        return np.array([self.index[i] for i in map(str, items) if i in self.index], dtype=np.int64)
+
+
+@dataclass
+class EvalSet:
+    """Inputs (index arrays, oldest first) and the one target each; users with nothing to predict are left out."""
+
+    inputs: list[np.ndarray]
+    targets: np.ndarray
+    user_ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+@dataclass
+class SplitData:
+    train: list[np.ndarray]  # training sequences; every position predicts the next one
+    valid: EvalSet
+    test: EvalSet | None
+    protocol: str
+
+
+def _eval_set(users: list[str], seqs: list[np.ndarray], n_input: int) -> EvalSet:
+    """Target = item at position ``n_input``, input = everything before it (never the target)."""
+    keep = [(u, s) for u, s in zip(users, seqs) if len(s) > n_input >= 1] if n_input > 0 else []
+    return EvalSet([s[:n_input] for _, s in keep], np.array([s[n_input] for _, s in keep], dtype=np.int64), [u for u, _ in keep])
+
+
+def leave_one_out(sequences: pd.DataFrame, vocab: ItemVocab) -> SplitData:
+    """The benchmark protocol: last item = test, second-to-last = validation, the rest trains.
+
+    Users with fewer than 3 items only train (nothing left to validate and test on).
+    """
+    users = sequences["user_id"].astype(str).tolist()
+    encoded = [vocab.encode(s) for s in sequences["item_ids"]]
+    train, valid_in, valid_t, valid_u, test_in, test_t, test_u = [], [], [], [], [], [], []
+    for user, seq in zip(users, encoded):
+        if len(seq) < 3:
+            train.append(seq)
+            continue
+        train.append(seq[:-2])
+        valid_in.append(seq[:-2]), valid_t.append(seq[-2]), valid_u.append(user)
+        test_in.append(seq[:-1]), test_t.append(seq[-1]), test_u.append(user)
+    return SplitData(
+        train=[s for s in train if len(s) >= 2],
+        valid=EvalSet(valid_in, np.array(valid_t, dtype=np.int64), valid_u),
+        test=EvalSet(test_in, np.array(test_t, dtype=np.int64), test_u),
+        protocol="loo",
+    )
+
+
+def full_split(sequences: pd.DataFrame, vocab: ItemVocab) -> SplitData:
+    """The production protocol: train on everything but each user's last item, which picks the epoch."""
+    users = sequences["user_id"].astype(str).tolist()
+    encoded = [vocab.encode(s) for s in sequences["item_ids"]]
+    valid = EvalSet(
+        [s[:-1] for s in encoded if len(s) >= 2],
+        np.array([s[-1] for s in encoded if len(s) >= 2], dtype=np.int64),
+        [u for u, s in zip(users, encoded) if len(s) >= 2],
+    )
+    return SplitData(train=[s[:-1] for s in encoded if len(s) >= 3], valid=valid, test=None, protocol="full")
+
+
+def time_split(events: pd.DataFrame, vocab: ItemVocab, cutoff: pd.Timestamp) -> SplitData:
+    """Shop data with real timestamps: train before ``cutoff``; each returning user's first
+    later item is the target, predicted from their history before the cutoff."""
+    history = user_sequences(events[events["timestamp"] < cutoff])
+    later = recent_items(events[events["timestamp"] >= cutoff], None)
+    first_after = dict(zip(later["user_id"].astype(str), (ids[0] for ids in later["item_ids"])))
+    train = [vocab.encode(s) for s in history["item_ids"]]
+    inputs, targets, users = [], [], []
+    for user, seq in zip(history["user_id"].astype(str), train):
+        target = vocab.encode([first_after.get(user, "")])
+        if len(seq) and len(target):
+            inputs.append(seq), targets.append(target[0]), users.append(user)
+    evalset = EvalSet(inputs, np.array(targets, dtype=np.int64), users)
+    return SplitData(train=[s for s in train if len(s) >= 2], valid=evalset, test=evalset, protocol="time")
+
+
+def item_counts(train: list[np.ndarray], n_vocab: int) -> np.ndarray:
+    """Interactions per vocabulary index in the training sequences (index 0 stays 0)."""
+    counts = np.bincount(np.concatenate(train) if train else np.zeros(0, np.int64), minlength=n_vocab)
+    counts[PAD] = 0
+    return counts
+
+
+def pad_left(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Most recent ``max_len`` items of each sequence, left-padded to the batch's longest.
+
+    Returns (item indices (B, T), position ids (B, T)): the newest item always has
+    position max_len - 1, so trimming the batch to T changes nothing.
+    """
+    width = max(1, min(max_len, max(len(s) for s in seqs)))
+    out = np.zeros((len(seqs), width), dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        tail = seq[-width:]
+        if len(tail):
+            out[row, width - len(tail):] = tail
+    positions = np.broadcast_to(np.arange(max_len - width, max_len), out.shape).copy()
+    return out, positions

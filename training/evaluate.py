@@ -1,0 +1,60 @@
+"""The evaluation protocol: full ranking over all items, history items excluded.
+
+Scores every item for each evaluation input, masks the items of the input history
+(and padding), ranks the target, and reports HR/NDCG@5/10/20 plus coverage and
+popularity bias of the top-10. Baselines are scored by the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from training.data import PAD, EvalSet, SplitData, item_counts, pad_left
+from training.metrics import compute_metrics, target_ranks
+
+Scorer = Callable[[list[np.ndarray]], np.ndarray]  # histories -> (B, n_vocab) scores
+TOP_K = 20
+
+
+def model_scorer(model, device: str = "cpu") -> Scorer:
+    """Wrap a sequence model as a Scorer (eval mode, no gradients)."""
+
+    def score(histories: list[np.ndarray]) -> np.ndarray:
+        items, positions = pad_left(histories, model.max_len)
+        with torch.inference_mode():
+            out = model.score_last(torch.from_numpy(items).to(device), torch.from_numpy(positions).to(device))
+        return out.float().cpu().numpy()
+
+    return score
+
+
+def evaluate_scorer(score: Scorer, evalset: EvalSet, counts: np.ndarray, batch_size: int = 1024) -> dict:
+    """Metrics of one scorer on one evaluation set (``counts``: training interactions per index)."""
+    if len(evalset) == 0:
+        raise ValueError("the evaluation set is empty: no user has an item to predict")
+    ranks, tops = [], []
+    for start in range(0, len(evalset), batch_size):
+        inputs = evalset.inputs[start : start + batch_size]
+        scores = np.array(score(inputs), dtype=np.float32, copy=True)
+        scores[:, PAD] = -np.inf
+        for row, history in enumerate(inputs):
+            scores[row, history] = -np.inf
+        targets = evalset.targets[start : start + batch_size]
+        ranks.append(target_ranks(scores, targets))
+        k = min(TOP_K, scores.shape[1] - 1)
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        tops.append(np.take_along_axis(top, order, axis=1) - 1)  # vocab index -> catalog column
+    return compute_metrics(np.concatenate(ranks), np.concatenate(tops), counts[1:])
+
+
+def evaluate_all(scorers: dict[str, Scorer], split: SplitData, n_vocab: int, which: str = "test", batch_size: int = 1024) -> dict[str, dict]:
+    """{name: metrics} for every scorer on the split's ``test`` or ``valid`` set."""
+    evalset = split.test if which == "test" else split.valid
+    if evalset is None:
+        raise ValueError(f"protocol {split.protocol!r} has no {which} set")
+    counts = item_counts(split.train, n_vocab)
+    return {name: evaluate_scorer(fn, evalset, counts, batch_size) for name, fn in scorers.items()}

@@ -1,0 +1,96 @@
+"""SASRec: a causal Transformer over the item sequence, predicting the next item.
+
+The Transformer is Hugging Face ``GPT2Model`` configured from scratch (causal,
+pre-LayerNorm, learned positions; its token table is unused: we feed
+``inputs_embeds``). Items are represented by ``ItemEmbedding``: a learned ID vector
+plus a projection of the item's MiniLM text embedding, so an item with text but no
+interactions still has a representation. The same fused table embeds the input and
+scores the output (weight tying), over the full catalog (softmax cross-entropy).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2Model
+
+from training.data import PAD
+
+
+class ItemEmbedding(nn.Module):
+    """Item table = ID embedding (+ Linear(text embedding) when text is given); row 0 is padding (zeros)."""
+
+    def __init__(self, n_vocab: int, hidden: int, text_embeddings: torch.Tensor | None = None, text_dim: int = 0):
+        super().__init__()
+        self.ids = nn.Embedding(n_vocab, hidden, padding_idx=PAD)
+        nn.init.normal_(self.ids.weight, std=0.02)
+        with torch.no_grad():
+            self.ids.weight[PAD].zero_()
+        self.text_dim = text_dim
+        if text_dim:
+            table = text_embeddings if text_embeddings is not None else torch.zeros(n_vocab, text_dim)
+            if tuple(table.shape) != (n_vocab, text_dim):
+                raise ValueError(f"text embeddings have shape {tuple(table.shape)}, expected {(n_vocab, text_dim)}")
+            self.register_buffer("text", torch.as_tensor(table, dtype=torch.float32).clone())
+            self.text_proj = nn.Linear(text_dim, hidden)
+            self.text_norm = nn.LayerNorm(hidden)
+
+    def project_text(self, text: torch.Tensor) -> torch.Tensor:
+        return self.text_norm(self.text_proj(text))
+
+    def table(self) -> torch.Tensor:
+        """(n_vocab, hidden) item representations; the padding row is zero."""
+        table = self.ids.weight
+        if self.text_dim:
+            table = table + self.project_text(self.text)
+        mask = torch.ones(table.shape[0], 1, device=table.device, dtype=table.dtype)
+        mask[PAD] = 0
+        return table * mask
+
+
+class SASRec(nn.Module):
+    """Next-item model. ``config`` keys: n_vocab, hidden, layers, heads, inner, dropout,
+    attn_dropout, max_len, text_dim (0 = ID only)."""
+
+    def __init__(self, config: dict, text_embeddings: torch.Tensor | None = None):
+        super().__init__()
+        self.config = dict(config)
+        hidden = config["hidden"]
+        self.max_len = config["max_len"]
+        self.items = ItemEmbedding(config["n_vocab"], hidden, text_embeddings, config.get("text_dim", 0))
+        gpt = GPT2Config(
+            vocab_size=1, n_positions=self.max_len, n_embd=hidden, n_layer=config["layers"], n_head=config["heads"],
+            n_inner=config.get("inner", hidden * 4), activation_function="gelu",
+            resid_pdrop=config["dropout"], embd_pdrop=config["dropout"], attn_pdrop=config.get("attn_dropout", config["dropout"]),
+            use_cache=False, bos_token_id=None, eos_token_id=None,
+        )
+        gpt._attn_implementation = "sdpa"
+        self.encoder = GPT2Model(gpt)
+        self.scale = math.sqrt(hidden)
+
+    def encode(self, items: torch.Tensor, positions: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) left-padded item indices -> (B, T, hidden) states; state t has seen items <= t."""
+        table = self.items.table() if table is None else table
+        embeds = table[items] * self.scale
+        mask = (items != PAD).long()
+        return self.encoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+
+    def logits(self, states: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        scores = states @ table.T
+        scores[..., PAD] = float("-inf")
+        return scores
+
+    def loss(self, items: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Full-softmax cross-entropy at every non-padded position (every prefix predicts its next item)."""
+        table = self.items.table()
+        states = self.encode(items, positions, table)
+        keep = targets != PAD
+        logits = self.logits(states[keep], table)
+        return nn.functional.cross_entropy(logits.float(), targets[keep], label_smoothing=label_smoothing)
+
+    def score_last(self, items: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B, n_vocab) scores of the next item after each sequence (padding column = -inf)."""
+        table = self.items.table()
+        return self.logits(self.encode(items, positions, table)[:, -1], table)
