@@ -44,4 +44,4 @@ def test_profile_selects_feature_store_yaml(home):
     text = store.resolved_yaml(prod).read_text()
     assert "type: redis" in text and "db=9" in text and "registry_type: sql" in text
     with pytest.raises(ValueError, match="no Feast configuration"):
-        store.resolved_yaml(load_settings(online_store={"type": "redis"}))
+        store.resolved_yaml(load_settings(registry={"type": "sql"}))  # sqlite online + SQL registry: no template
