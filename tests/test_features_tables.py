@@ -8,6 +8,7 @@ import pytest
 from shoprec.config import load_settings
 from shoprec.features import store, tables
 from shoprec.features.sequence import recent_items
+from shoprec.generate import generate
 
 
 def test_text_embeddings_are_cached_by_text(settings):
@@ -34,6 +35,17 @@ def test_sequence_snapshots_follow_recent_items_at_every_time():
     for row in snaps.itertuples():
         expected = recent_items(events[events["user_id"] == row.user_id], 2, as_of=row.event_timestamp).iloc[0]
         assert row.item_ids == expected["item_ids"]
+        assert row.event_types == expected["event_types"] and row.timestamps == expected["timestamps"]
+
+
+def test_sequence_snapshots_equal_recent_items_on_a_generated_shop():
+    events = generate(3000, seed=5).events
+    snaps = tables.sequence_snapshots(events, max_len=5)
+    assert len(snaps) == len(events.drop_duplicates(["user_id", "timestamp"]))
+    for row in snaps.sample(200, random_state=0).itertuples():
+        expected = recent_items(events[events["user_id"] == row.user_id], 5, as_of=row.event_timestamp).iloc[0]
+        assert (row.item_ids, row.event_types, row.timestamps) == (
+            expected["item_ids"], expected["event_types"], expected["timestamps"])
 
 
 def test_profile_selects_feature_store_yaml(home):

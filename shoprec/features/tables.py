@@ -5,8 +5,8 @@ newest event it depends on, so a training example at time t only ever sees rows
 built from events at or before t (Feast's historical join picks the latest row <= t).
 
 - user_recent_items: a snapshot of the user's sequence after each distinct event time,
-  built step by step with ``sequence.append_events`` (which goes through
-  ``recent_items``): the batch table and the push path apply the very same rule.
+  ``sequence.recent_items_over_time`` (the rule of ``recent_items``, vectorised and
+  tested against it): the batch table and the push path apply the very same rule.
 - user_stats: per user and active day, cumulative counts, last activity, top categories.
 - item_stats: per item and active day, popularity over 1/7/30 days and 30-day
   cart/purchase shares, with the catalog's price and availability.
@@ -26,11 +26,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from shoprec import lake
 from shoprec.config import Settings
-from shoprec.features.sequence import append_events
+from shoprec.features.sequence import recent_items_over_time
 from shoprec.schema import conform_items, empty_events
 from shoprec.text_embedding import embed_items
 
@@ -70,26 +69,10 @@ def all_events(settings: Settings) -> pd.DataFrame:
 
 # --- user_recent_items ------------------------------------------------------------
 def sequence_snapshots(events: pd.DataFrame, max_len: int, progress: bool = False) -> pd.DataFrame:
-    """One row per (user, distinct event time): the user's sequence as of that time.
-
-    Steps through the k-th distinct timestamp of every user at once, feeding each
-    user's previous snapshot and new events to ``append_events``.
-    """
-    cols = ["user_id", "item_id", "event_type", "timestamp"]
-    ordered = events[cols].sort_values(["user_id", "timestamp"], kind="stable")
-    step = ordered.groupby("user_id", observed=True)["timestamp"].rank(method="dense").astype(int)
-    state = pd.DataFrame(columns=["user_id", "item_ids", "event_types", "timestamps", "event_timestamp"]).set_index("user_id")
-    snapshots = []
-    for _, new in tqdm(ordered.groupby(step, sort=True), desc="sequences", unit="step", disable=not progress):
-        users = new["user_id"].unique()
-        current = state.loc[state.index.intersection(users)].reset_index()
-        updated = append_events(current, new, max_len)
-        snapshots.append(updated)
-        kept = state.drop(index=users, errors="ignore")
-        state = pd.concat([kept, updated.set_index("user_id")]) if len(kept) else updated.set_index("user_id")
-    if not snapshots:
-        return sequence_table(pd.DataFrame(columns=["user_id", "item_ids", "event_types", "timestamps", "event_timestamp"]))
-    return sequence_table(pd.concat(snapshots, ignore_index=True))
+    """One row per (user, distinct event time): the user's sequence as of that time."""
+    snapshots = recent_items_over_time(events, max_len)
+    snapshots["user_id"] = snapshots["user_id"].astype("string")
+    return snapshots.sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
 
 
 def sequence_table(frame: pd.DataFrame) -> pd.DataFrame:
