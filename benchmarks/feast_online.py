@@ -78,7 +78,7 @@ def prepare(batch: Batch, backend: str, home: Path, skip_embeddings: bool):
 def build_without_text(s):
     events, items = tables.all_events(s), lake.read_items(s.lake_dir)
     frames = {
-        "user_recent_items": tables.sequence_snapshots(events, s.features.sequence_length, progress=True),
+        "user_recent_items": tables.sequence_snapshots(events, s.features.sequence_length),
         "user_stats": tables.user_stats(events, items),
         "item_stats": tables.item_stats(events, items, s),
         "item_text_embedding": pd.DataFrame({"item_id": items["item_id"], "embedding": [np.zeros(384, np.float32)] * len(items), "event_timestamp": tables.static_time(s)}),

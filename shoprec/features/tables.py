@@ -68,7 +68,7 @@ def all_events(settings: Settings) -> pd.DataFrame:
 
 
 # --- user_recent_items ------------------------------------------------------------
-def sequence_snapshots(events: pd.DataFrame, max_len: int, progress: bool = False) -> pd.DataFrame:
+def sequence_snapshots(events: pd.DataFrame, max_len: int) -> pd.DataFrame:
     """One row per (user, distinct event time): the user's sequence as of that time."""
     snapshots = recent_items_over_time(events, max_len)
     snapshots["user_id"] = snapshots["user_id"].astype("string")
@@ -182,7 +182,7 @@ def build_tables(settings: Settings, progress: bool = False) -> dict:
         missing = pd.DataFrame({"item_id": sorted(known_items - set(items["item_id"]))})
         items = pd.concat([items, conform_items(missing)], ignore_index=True)
     tables = {
-        "user_recent_items": sequence_snapshots(events, settings.features.sequence_length, progress=progress),
+        "user_recent_items": sequence_snapshots(events, settings.features.sequence_length),
         "user_stats": user_stats(events, items),
         "item_stats": item_stats(events, items, settings),
     }
