@@ -91,7 +91,7 @@ def main() -> None:
     if args.no_text:
         overrides["use_text"] = False
     version, report = train_version(settings, data="beauty", protocol="loo", profile=args.profile,
-                                    overrides=overrides, checkpoint=False)
+                                    overrides=overrides, checkpoint=True)  # an interrupted run resumes
     name = "sasrec" + ("" if args.no_text else " + MiniLM text")
     rows = results_table(report, name)
     out = args.out or settings.reports_dir

@@ -1,7 +1,9 @@
 """shoprec_training (daily at 03:00 UTC, and whenever the features DAG updates the
 ``shoprec_features`` asset): training set -> train (full, or warm-started from production)
--> challenger vs champion on the same hold-out -> compress -> gate -> register (BentoML model
-store) -> build the Bento -> deploy (the running service hot-swaps) -> smoke test.
+-> challenger vs champion on the same hold-out -> compress -> gate -> register (load it as the
+service would, BentoML model store, then promote) -> build the Bento -> deploy (the running
+service hot-swaps) -> smoke test. A failed deploy or smoke test puts the previous production
+version back, so a version the service cannot serve never stays production.
 
 Wiring only: each task calls one step function. The gate is a short-circuit: a challenger
 that loses (or a compressed model over the latency budget) ends the run there, successfully,
@@ -33,6 +35,7 @@ from shoprec.pipeline import FEATURES_ASSET_NAME, task_defaults
         "mode": Param("auto", enum=["auto", "full", "warm"], description="warm = continue from production"),
         "profile": Param(None, type=["null", "string"], description="training profile (quick/full); default: settings"),
         "overrides": Param({}, type="object", description="hyperparameter overrides for a full training run"),
+        "compression": Param({}, type="object", description="compression benchmark overrides (CompressionOptions fields)"),
     },
     tags=["shoprec", "training"],
     doc_md=__doc__,
@@ -65,10 +68,10 @@ def shoprec_training():
         return challenger_vs_champion(load_settings(), challenger, dataset)
 
     @task
-    def compress(challenger: dict, dataset: dict) -> dict:
+    def compress(challenger: dict, dataset: dict, params=None) -> dict:
         from training.champion import compress_challenger
 
-        return compress_challenger(load_settings(), challenger, dataset)
+        return compress_challenger(load_settings(), challenger, dataset, params["compression"])
 
     @task.short_circuit
     def gate(evaluation: dict, compressed: dict) -> bool:
@@ -80,14 +83,10 @@ def shoprec_training():
 
     @task
     def register(compressed: dict) -> dict:
-        from services.registry import register_in_bentoml
-        from training.registry import promote
+        """Load the version as the service would, register it, and only then promote it."""
+        from services.registry import release
 
-        settings = load_settings()
-        version = compressed["served_version"]
-        tag = register_in_bentoml(settings.models_dir / version, settings)
-        promote(version, settings)
-        return {"version": version, "bentoml_tag": tag}
+        return release(compressed["served_version"], load_settings())
 
     @task
     def build_bento(registered: dict) -> dict:
@@ -97,17 +96,17 @@ def shoprec_training():
 
     @task
     def deploy(registered: dict, bento: dict) -> dict:
-        from services.client import reload_service
+        from services.client import deploy
 
         settings = load_settings()
-        return reload_service(settings, registered["version"], url=settings.airflow.service_url or None)
+        return deploy(settings, registered, url=settings.airflow.service_url or None)
 
     @task
     def smoke_test(deployed: dict, registered: dict) -> dict:
-        from services.client import smoke_test
+        from services.client import verify_deployment
 
         settings = load_settings()
-        return smoke_test(settings, registered["version"], url=settings.airflow.service_url or None)
+        return verify_deployment(settings, registered, url=settings.airflow.service_url or None)
 
     dataset = training_set()
     challenger = train(dataset)

@@ -2,7 +2,10 @@
 
 ``reload_service`` asks the running service to load a version now (instead of waiting
 for its pointer watcher); ``smoke_test`` checks it serves that version and answers.
-The service is at ``http://127.0.0.1:<settings.serving.port>`` unless ``url`` is given.
+``deploy`` and ``verify_deployment`` are those steps for a released version: when one
+fails, production goes back to the version it replaced, so a version the service cannot
+serve never stays production. The service is at ``http://127.0.0.1:<settings.serving.port>``
+unless ``url`` is given.
 """
 
 from __future__ import annotations
@@ -54,3 +57,31 @@ def smoke_test(settings: Settings, expect_version: str, url: str | None = None) 
     if status != 200 or not answer.get("items"):
         raise ServiceError(f"/recommend answered {status}: {answer}")
     return {"model_version": expect_version, "items": len(answer["items"]), "fallback": answer["fallback"]}
+
+
+def _rolled_back(settings: Settings, released: dict, error: ServiceError) -> ServiceError:
+    """Point production back at the version ``released`` replaced (if any); the error, with what was done."""
+    from training.registry import POINTER, promote
+
+    previous = released.get("previous")
+    if previous:
+        promote(previous, settings)
+        return ServiceError(f"{error}; production rolled back to {previous}")
+    (settings.models_dir / POINTER).unlink(missing_ok=True)
+    return ServiceError(f"{error}; production pointer removed (there was no earlier version)")
+
+
+def deploy(settings: Settings, released: dict, url: str | None = None) -> dict:
+    """Hot-swap the service to ``released['version']`` (a ``services.registry.release`` result)."""
+    try:
+        return reload_service(settings, released["version"], url)
+    except ServiceError as error:
+        raise _rolled_back(settings, released, error) from error
+
+
+def verify_deployment(settings: Settings, released: dict, url: str | None = None) -> dict:
+    """``smoke_test`` of the released version, rolling production back if it fails."""
+    try:
+        return smoke_test(settings, released["version"], url)
+    except ServiceError as error:
+        raise _rolled_back(settings, released, error) from error

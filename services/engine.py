@@ -260,16 +260,10 @@ class RecommendationEngine:
 
 def _project_text(recommender, text_embedding: np.ndarray) -> np.ndarray:
     """The model's representation of an item from its MiniLM text (the text projection path)."""
-    embed = getattr(recommender, "embed_new_item_text", None)
-    if embed is not None:
-        return np.asarray(embed(text_embedding), dtype=np.float32)
-    net = recommender.torch_model  # a compressed variant: same module, no helper method
-    if net is None or not getattr(net.items, "text_dim", 0):
-        raise RequestError(f"model {recommender.version} cannot place an item from its text", status=404)
-    import torch
-
-    with torch.inference_mode():
-        return net.items.project_text(torch.from_numpy(text_embedding)).float().numpy()
+    try:
+        return np.asarray(recommender.embed_new_item_text(text_embedding), dtype=np.float32)
+    except ValueError as exc:  # a model trained without item text
+        raise RequestError(f"model {recommender.version} cannot place an item from its text: {exc}", status=404) from exc
 
 
 def erase_from_lake(lake_dir: Path, user_id: str) -> int:

@@ -1,9 +1,10 @@
-"""Register a trained model version in the BentoML model store (``settings.bentoml_home``).
+"""Register a model version in the BentoML model store (``settings.bentoml_home``) and
+promote it, only once it has proved it can be served.
 
-The files are the training artifact as saved by ``training.artifact`` (state dict,
-vocabulary, config, metrics) copied verbatim; ``bentoml.pytorch`` is not used (it
-pickles modules and cannot load them on torch 2.13). Training stays free of BentoML:
-the Airflow DAG calls ``register_in_bentoml`` after promotion.
+The files are the artifact as saved by ``training.artifact`` or a compressed variant,
+copied verbatim; ``bentoml.pytorch`` is not used (it pickles modules and cannot load them
+on torch 2.13). Training stays free of BentoML: the Airflow DAG's register step calls
+``release``: verify (load it exactly as the service does) -> register -> promote.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from pathlib import Path
 from shoprec.config import Settings
 
 MODEL_NAME = "shoprec-recommender"
+
+
+class NotServable(RuntimeError):
+    """A model version the service could not load or answer with; it must not become production."""
 
 
 def model_store(settings: Settings):
@@ -70,3 +75,33 @@ def _metadata(version_dir: Path) -> dict:
     out = {k: v for k, v in raw.items() if isinstance(v, (str, int, float, bool))}
     out.update({f"metric_{k}": v for k, v in (raw.get("metrics") or {}).items() if isinstance(v, (int, float))})
     return out
+
+
+def verify_servable(version: str, settings: Settings) -> dict:
+    """Load ``version`` the way the service does (``services.engine.load_bundle``) and ask it
+    for a recommendation and its similar-items table; raises NotServable with the reason."""
+    from services.engine import load_bundle
+
+    try:
+        bundle = load_bundle(version, settings)
+        model = bundle.recommender
+        top = model.recommend([model.item_ids[0]], k=5)
+    except Exception as exc:  # whatever breaks the load breaks the service the same way
+        raise NotServable(f"model version {version} cannot be served: {type(exc).__name__}: {exc}") from exc
+    if not top:
+        raise NotServable(f"model version {version} recommends nothing")
+    return {"version": version, "items": len(model.item_ids), "embedding_dim": int(bundle.unit_embeddings.shape[1])}
+
+
+def release(version: str, settings: Settings) -> dict:
+    """Verify, register in the model store, then promote ``version`` to production.
+
+    Returns the version, its BentoML tag and the production version it replaced (for a rollback).
+    """
+    from training.registry import production_version, promote
+
+    checked = verify_servable(version, settings)
+    tag = register_in_bentoml(Path(settings.models_dir) / version, settings)
+    previous = production_version(settings)
+    promote(version, settings)
+    return {"version": version, "bentoml_tag": tag, "previous": previous, "verified": checked}

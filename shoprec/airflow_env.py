@@ -75,10 +75,12 @@ def start_airflow(settings: Settings, log_path: Path) -> subprocess.Popen:
     """Start ``airflow standalone`` (UI + API, scheduler, DAG processor, triggerer) in its own
     process group, so that ``stop_process_group`` can stop every process it spawns."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # standalone starts its scheduler, DAG processor and triggerer as `airflow ...` found on PATH
+    path = os.pathsep.join([str(Path(airflow_cli()).parent), os.environ.get("PATH", "")])
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [airflow_cli(), "standalone"],
-            env={**os.environ, **airflow_env(settings)},
+            env={**os.environ, **airflow_env(settings), "PATH": path},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # setsid: a new process group

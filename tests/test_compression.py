@@ -121,6 +121,43 @@ def test_every_variant_loads_from_its_artifact_alone(trained, compressed, tmp_pa
     assert methods == {"folded", "dynamic_int8", "embedding_fp16", "embedding_int8", "pruned", "distilled", "onnx", "onnx_int8"}
 
 
+ALL_METHODS = ("folded", "dynamic_int8", "embedding_fp16", "embedding_int8", "pruned", "distilled", "onnx", "onnx_int8")
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_variant_kind_answers_the_whole_serving_contract(trained, compressed, method):
+    """What the service calls on a model version: score, recommend, item_embeddings, embed_new_item_text."""
+    parent, _ = trained
+    _, settings = compressed
+    served = load_served_model(f"{parent.version}-{method}", settings)
+    assert served.score([["i1", "i2"]]).shape == (1, N_ITEMS)
+    top = served.recommend(["i1", "i2"], k=5, exclude=["i3"])
+    assert len(top) == 5 and "i3" not in [item for item, _ in top]
+    table = np.asarray(served.item_embeddings())
+    assert table.shape[0] == N_ITEMS and np.isfinite(table).all() and np.abs(table).sum() > 0
+    texts = parent.torch_model.items.text[1:].numpy()  # the items' own MiniLM stand-ins
+    new_item = served.embed_new_item_text(texts[0])
+    assert new_item.shape == (table.shape[1],) and np.isfinite(new_item).all()
+    assert served.embed_new_item_text(texts[:7]).shape == (7, table.shape[1])
+    with pytest.raises(ValueError, match="dimension"):
+        served.embed_new_item_text(np.ones(TEXT_DIM + 1, dtype=np.float32))
+    # a new item's text lands in the variant's own space: it explains the variant's table better than chance
+    unit = lambda m: m / np.linalg.norm(m, axis=-1, keepdims=True)
+    placed, rows = unit(served.embed_new_item_text(texts)), unit(table)
+    own = (placed * rows).sum(1).mean()
+    shuffled = (placed * rows[np.random.default_rng(0).permutation(N_ITEMS)]).sum(1).mean()
+    assert own > shuffled + 0.05, (own, shuffled)
+
+
+@pytest.mark.parametrize("method", ["folded", "onnx", "onnx_int8"])
+def test_text_path_of_lossless_variants_equals_the_parents(trained, compressed, method):
+    parent, _ = trained
+    _, settings = compressed
+    served = load_served_model(f"{parent.version}-{method}", settings)
+    texts = parent.torch_model.items.text[1:6].numpy()
+    np.testing.assert_allclose(served.embed_new_item_text(texts), parent.embed_new_item_text(texts), atol=1e-3)
+
+
 def test_broken_variant_artifact_is_refused(trained, tmp_path):
     parent, _ = trained
     version = save_variant(compressed_table(fold_text_tower(parent.torch_model)), parent, tmp_path)
@@ -130,6 +167,18 @@ def test_broken_variant_artifact_is_refused(trained, tmp_path):
     (tmp_path / version / "items.json").write_text(json.dumps(["only-one"]))
     with pytest.raises(VariantError, match="do not match"):
         load_served_model(tmp_path / version)
+
+
+def test_onnx_variant_without_its_item_table_is_refused(trained, compressed, tmp_path):
+    import shutil
+
+    parent, _ = trained
+    _, settings = compressed
+    copy = tmp_path / f"{parent.version}-onnx_int8"
+    shutil.copytree(settings.models_dir / copy.name, copy)
+    (copy / "item_space.safetensors").unlink()
+    with pytest.raises(VariantError, match="item_space"):
+        load_served_model(copy)
 
 
 def test_gate_rejects_an_over_pruned_model(trained, tmp_path):

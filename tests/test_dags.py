@@ -272,7 +272,9 @@ def service_env(features_run):
     env = {"SHOPREC_HOME": str(settings.home), "SHOPREC_SERVING__PORT": str(free_port()), "SHOPREC_API_TOKEN": TOKEN,
            "SHOPREC_TRAINING__PROFILE": "quick", "BENTOML_HOME": str(settings.bentoml_home),
            # a hold-out big enough for the compression benchmark's batches of 32 on this small shop
-           "SHOPREC_AIRFLOW__HOLDOUT_FRACTION": "0.3", "SHOPREC_AIRFLOW__RETRIES": "0"}
+           "SHOPREC_AIRFLOW__HOLDOUT_FRACTION": "0.3", "SHOPREC_AIRFLOW__RETRIES": "0",
+           # one torch thread: beside a busy neighbour two threads make the gate's latency read 100x slower
+           "SHOPREC_TRAINING__NUM_THREADS": "1"}
     log = open(settings.home / "service.log", "wb")
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("bentoml")), "serve", "services.service:ShopRecService",

@@ -65,3 +65,58 @@ def test_compose_file_commits_no_password(tmp_path):
     result = compose_config(str(empty), {})
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr
+
+
+# --- release: verify before promote, roll back a failed deploy ---------------------------------
+
+
+def test_a_version_that_cannot_load_is_never_promoted(settings):
+    from services.registry import NotServable, release
+    from training.registry import production_version, promote
+
+    settings.models_dir.mkdir(parents=True)
+    for version in ("good-v1", "broken-v2"):
+        (settings.models_dir / version).mkdir()
+        (settings.models_dir / version / "metadata.json").write_text('{"format_version": 1}')
+    promote("good-v1", settings)
+    with pytest.raises(NotServable, match="broken-v2 cannot be served"):
+        release("broken-v2", settings)
+    assert production_version(settings) == "good-v1"
+    assert not (settings.bentoml_home / "models").exists() or not any((settings.bentoml_home / "models").rglob("*.yaml"))
+
+
+def test_a_failed_deploy_puts_the_previous_production_back(settings, monkeypatch):
+    import socket
+
+    from services.client import ServiceError, deploy, verify_deployment
+    from training.registry import production_version, promote
+
+    settings.models_dir.mkdir(parents=True)
+    for version in ("champion-v1", "challenger-v2"):
+        (settings.models_dir / version).mkdir()
+        (settings.models_dir / version / "metadata.json").write_text("{}")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    promote("challenger-v2", settings)
+    released = {"version": "challenger-v2", "previous": "champion-v1"}
+    with pytest.raises(ServiceError, match="rolled back to champion-v1"):
+        deploy(settings, released, url=dead)
+    assert production_version(settings) == "champion-v1"
+    promote("challenger-v2", settings)
+    with pytest.raises(ServiceError, match="rolled back"):
+        verify_deployment(settings, released, url=dead)
+    assert production_version(settings) == "champion-v1"
+    promote("challenger-v2", settings)
+    with pytest.raises(ServiceError, match="pointer removed"):
+        deploy(settings, {"version": "challenger-v2", "previous": None}, url=dead)
+    assert production_version(settings) is None
+
+
+def test_compression_overrides_are_checked():
+    from training.champion import compression_options
+
+    assert compression_options({"distill_epochs": 1}).distill_epochs == 1
+    assert compression_options().rounds_b1 == 50
+    with pytest.raises(ValueError, match="unknown compression option"):
+        compression_options({"distil_epochs": 1})

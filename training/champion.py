@@ -138,16 +138,36 @@ def challenger_vs_champion(settings, challenger: dict, dataset: dict) -> dict:
     return _recorded(Path(dataset["run_dir"]) / "evaluation.json", make)
 
 
-def compress_challenger(settings, challenger: dict, dataset: dict) -> dict:
-    """Every compressed variant of the challenger, measured on the hold-out; the compression gate picks one."""
+DAG_COMPRESSION = {"rounds_b1": 50, "rounds_b32": 10}  # a benchmark sized for a pipeline run
+
+
+def compression_options(overrides: dict | None = None):
+    """The DAG's CompressionOptions, with ``overrides`` (field -> value) on top; ValueError on an unknown field."""
+    from dataclasses import fields
+
+    from training.compression.pipeline import CompressionOptions
+
+    known = {f.name for f in fields(CompressionOptions)} - {"thresholds"}
+    unknown = set(overrides or {}) - known
+    if unknown:
+        raise ValueError(f"unknown compression option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return CompressionOptions(**{**DAG_COMPRESSION, **(overrides or {})})
+
+
+def compress_challenger(settings, challenger: dict, dataset: dict, overrides: dict | None = None) -> dict:
+    """Every compressed variant of the challenger, measured on the hold-out; the compression gate picks one.
+    ``overrides``: CompressionOptions fields (e.g. a lighter benchmark for the demo)."""
     from training.artifact import load_recommender
-    from training.compression.pipeline import CompressionOptions, compress_recommender
+    from training.compression.pipeline import compress_recommender
+    from training.trainer import tune_cpu_runtime
+
+    options = compression_options(overrides)
+    tune_cpu_runtime(settings.training.num_threads)  # latencies are measured with the threads serving would use
 
     def make() -> dict:
         events, _, cutoff = _data(dataset)
         parent = load_recommender(challenger["version"], settings)
         split = time_split(events, ItemVocab(parent.item_ids), cutoff)
-        options = CompressionOptions(rounds_b1=50, rounds_b32=10)
         report = compress_recommender(parent, Path(settings.models_dir) / parent.version, split, settings, options,
                                       "lake, time hold-out")
         served = report["served_version"] or parent.version

@@ -64,4 +64,5 @@ def onnx_int8(fp32: OnnxVariant, work_dir: Path) -> OnnxVariant:
     quantize_dynamic(str(fp32.onnx_path), str(path), weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul", "Gemm", "Gather"], per_channel=False)
     return OnnxVariant("onnx_int8", path, fp32.model_config,
-                       {"opset": OPSET, "weights": "int8 (onnxruntime quantize_dynamic)", "ops": ["MatMul", "Gemm", "Gather"]})
+                       {"opset": OPSET, "weights": "int8 (onnxruntime quantize_dynamic)", "ops": ["MatMul", "Gemm", "Gather"]},
+                       table_codec="int8_row")

@@ -6,6 +6,9 @@ is complete on its own:
 - ``variant.json``: format, kind (torch | onnx), run-time transform, model config,
   lineage (parent version, method, parameters);
 - ``weights.safetensors`` (torch; per-tensor codec, see ``codec``) or ``model.onnx``;
+- ``item_space.safetensors`` (see ``item_space``): the parent's text projection mapped
+  into the variant's space (so new items with text can be placed), and for ONNX the
+  item table the graph hides;
 - ``items.json`` (item ids in vocabulary order) and ``metadata.json`` (the parent's
   metadata plus the lineage).
 
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 
 from training.compression.codec import CodecError, read_weights, write_weights
+from training.compression.item_space import ITEM_SPACE_FILE, ItemSpace, TextProjection, read_item_space, write_item_space
 from training.data import PAD, ItemVocab, pad_left
 
 VARIANT_FILE = "variant.json"
@@ -52,17 +56,21 @@ class OnnxVariant:
     onnx_path: Path  # a self-contained .onnx file (no external data)
     model_config: dict
     parameters: dict = field(default_factory=dict)
+    table_codec: str = "fp32"  # how the item table kept beside the graph is stored
 
 
 class ServedModel:
     """The Recommender contract over any scoring net: ``net.score_last(items, positions)``
-    returning (B, n_vocab) scores with column 0 = padding."""
+    returning (B, n_vocab) scores with column 0 = padding. ``space`` supplies the item
+    table when the net hides it (ONNX) and the text projection when the net has none."""
 
-    def __init__(self, version: str, item_ids: list[str], metadata: dict, net, max_len: int):
+    def __init__(self, version: str, item_ids: list[str], metadata: dict, net, max_len: int,
+                 space: ItemSpace | None = None):
         self.version, self.metadata, self.max_len = version, metadata, max_len
         self.vocab = ItemVocab(item_ids)
         self.item_ids = self.vocab.item_ids
         self.net = net
+        self.space = space or ItemSpace(None, None)
 
     @property
     def torch_model(self):
@@ -87,10 +95,20 @@ class ServedModel:
         return [(self.item_ids[i], float(scores[i])) for i in top if np.isfinite(scores[i])]
 
     def item_embeddings(self) -> np.ndarray:
+        """(n_items, d) item representations in ``item_ids`` order (the space /similar_items searches)."""
+        if self.space.table is not None:
+            return self.space.table[1:]
         if self.torch_model is None:
-            return self.net.item_table[1:]
+            raise VariantError(f"model {self.version} has no item table")
         with torch.no_grad():
             return self.torch_model.items.table()[1:].float().numpy()
+
+    def embed_new_item_text(self, text_embedding: np.ndarray) -> np.ndarray:
+        """An item with text but no interactions, in ``item_embeddings``' space: (text_dim,) -> (d,), (n, text_dim) -> (n, d)."""
+        projection = self.space.projection or TextProjection.of_module(self.torch_model)
+        if projection is None:
+            raise ValueError(f"model {self.version} was trained without item text")
+        return projection(text_embedding)
 
 
 class OrtNet:
@@ -103,7 +121,6 @@ class OrtNet:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        self.item_table = None
 
     def score_last(self, items: torch.Tensor, positions: torch.Tensor) -> np.ndarray:
         return self.session.run(None, {"items": items.numpy(), "positions": positions.numpy()})[0]
@@ -127,6 +144,9 @@ def save_variant(variant: TorchVariant | OnnxVariant, parent, models_dir: Path) 
     else:
         shutil.copyfile(variant.onnx_path, staging / "model.onnx")
         spec = {"kind": "onnx", "runtime": "onnxruntime", "model_config": variant.model_config}
+    space = item_space_of(variant, parent)
+    write_item_space(staging / ITEM_SPACE_FILE, space, getattr(variant, "table_codec", "fp32"))
+    spec["text_norm_eps"] = space.projection.eps if space.projection else None
     (staging / VARIANT_FILE).write_text(json.dumps({"format": FORMAT, **spec, "lineage": lineage}, indent=2))
     (staging / "items.json").write_text(json.dumps(list(parent.item_ids)))
     inherited = {k: v for k, v in dict(parent.metadata).items() if k not in ("sha256", "format_version")}
@@ -135,6 +155,20 @@ def save_variant(variant: TorchVariant | OnnxVariant, parent, models_dir: Path) 
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     return version
+
+
+def item_space_of(variant: TorchVariant | OnnxVariant, parent) -> ItemSpace:
+    """What the variant's scorer does not give: the parent's text projection mapped into
+    the variant's table, and (ONNX) the parent's folded table itself."""
+    reference = torch.from_numpy(np.asarray(parent.item_embeddings(), dtype=np.float32))
+    projection = TextProjection.of_module(parent.torch_model)
+    if isinstance(variant, OnnxVariant):
+        table = np.concatenate([np.zeros((1, reference.shape[1]), np.float32), reference.numpy()])
+        return ItemSpace(table, projection)
+    if projection is not None:
+        with torch.no_grad():
+            projection = projection.mapped_to(reference, variant.model.items.table()[1:].float())
+    return ItemSpace(None, projection)
 
 
 def resolve(path_or_version: str | Path, settings) -> Path:
@@ -165,13 +199,21 @@ def load_variant(path: Path):
     config = spec["model_config"]
     if config.get("n_vocab") != len(item_ids) + 1:
         raise VariantError(f"{path}: {len(item_ids)} items do not match the model's n_vocab {config.get('n_vocab')}")
+    space = ItemSpace(None, None)  # torch variants saved before item spaces existed: no text path
+    if (path / ITEM_SPACE_FILE).exists() or spec["kind"] == "onnx":
+        try:
+            space = read_item_space(path / ITEM_SPACE_FILE, spec.get("text_norm_eps") or 1e-5)
+        except CodecError as error:
+            raise VariantError(f"{path}: {error}") from error
     if spec["kind"] == "onnx":
         if not (path / "model.onnx").is_file():
             raise VariantError(f"{path}: model.onnx is missing")
+        if space.table is None or space.table.shape[0] != len(item_ids) + 1:
+            raise VariantError(f"{path}: {ITEM_SPACE_FILE} holds no item table for the {len(item_ids)} items")
         net = OrtNet(path / "model.onnx")
     else:
         net = build_torch_net(path / "weights.safetensors", config, spec.get("runtime", "plain"))
-    return ServedModel(path.name, item_ids, metadata, net, config["max_len"])
+    return ServedModel(path.name, item_ids, metadata, net, config["max_len"], space)
 
 
 def build_torch_net(weights: Path, config: dict, runtime: str) -> torch.nn.Module:
