@@ -312,7 +312,8 @@ def training_runs(features_run, service_env, dagbag):
         champion = production_version(settings)
         losing = dag.test(
             logical_date=datetime(2026, 11, 3, 3, 0, tzinfo=timezone.utc),
-            run_conf={"mode": "full", "overrides": {"max_epochs": 1, "lr": 1e-7}},
+            # untrained and ID-only: with text, even an untrained model ranks same-category items well
+            run_conf={"mode": "full", "overrides": {"max_epochs": 1, "lr": 1e-7, "use_text": False}},
         )
         yield settings, url, first, champion, losing
 
