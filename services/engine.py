@@ -169,10 +169,15 @@ class RecommendationEngine:
 
     def _rank(self, served: ServedBundle, scores: np.ndarray, events, k: int, exclude_seen: bool) -> list[int]:
         catalog = served.catalog
-        banned = ~catalog.available if self.rules.hide_unavailable else np.zeros(len(catalog.item_ids), dtype=bool)
-        banned = banned.copy()
+        banned = self._hidden(catalog)
         banned[catalog.indices(sorted(excluded_items(events, self.rules.exclude, exclude_seen)))] = True
         return top_k(scores, k, banned=banned, categories=catalog.categories, max_per_category=self.rules.max_per_category)
+
+    def _hidden(self, catalog: Catalog) -> np.ndarray:
+        """A fresh mask of the items no answer may show (unavailable ones, when the rules say so)."""
+        if self.rules.hide_unavailable:
+            return ~catalog.available
+        return np.zeros(len(catalog.item_ids), dtype=bool)
 
     def _fallback(self, served, user_id, events, k, exclude_seen, scores, reason) -> dict:
         picks = self._rank(served, scores, events, k, exclude_seen)
@@ -198,8 +203,7 @@ class RecommendationEngine:
                 raise RequestError(f"unknown item {item_id!r}: not in the catalog and no text given", status=404)
             query, source = self._embed_new_item(served, item_text), "text"
         scores = served.unit_embeddings @ query
-        banned = ~catalog.available if self.rules.hide_unavailable else np.zeros(len(scores), dtype=bool)
-        banned = banned.copy()
+        banned = self._hidden(catalog)
         if item_id in catalog.index:
             banned[catalog.index[item_id]] = True
         title = text or catalog.title(item_id)
