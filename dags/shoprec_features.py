@@ -59,7 +59,9 @@ def shoprec_features():
             raise AirflowFailException(
                 "validation refused " + ", ".join(f"{r.source} (quarantined in {r.quarantine})" for r in refused)
             )
-        return {"batches": [r.batch_id for r in reports], "new_events": sum(r.counts["events"] for r in reports)}
+        firsts = [r.counts["first_event"] for r in reports if r.counts.get("first_event")]
+        return {"batches": [r.batch_id for r in reports], "new_events": sum(r.counts["events"] for r in reports),
+                "first_event": min(firsts) if firsts else None}
 
     @task
     def build_features(ingested: dict) -> dict:
@@ -77,7 +79,8 @@ def shoprec_features():
     def materialize(applied: dict, ingested: dict, data_interval_end=None, outlet_events=None) -> dict:
         from shoprec.features.store import materialize
 
-        report = materialize(load_settings(), end=data_interval_end)
+        # from the oldest new event: a backfilled or late batch reaches the online store too
+        report = materialize(load_settings(), end=data_interval_end, since=ingested["first_event"])
         outlet_events[FEATURES_ASSET].extra = {"new_events": ingested["new_events"], "batches": ingested["batches"]}
         return report
 

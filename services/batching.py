@@ -1,10 +1,12 @@
 """Adaptive micro-batching of model calls across concurrent requests.
 
 Request threads ``submit`` one input and wait; a single collector thread takes
-whatever has queued up (at most ``max_batch``, waiting at most ``max_wait_s`` for
-more once the first arrives) and makes one batched call. Under light load a batch
-is one request and adds no wait beyond the first item; under load the per-call
-overhead is shared. Results go back to each caller in its own order.
+whatever has queued up (at most ``max_batch``; with ``max_wait_s`` > 0 it also waits
+that long for more once the first arrives) and makes one batched call. With the
+default wait of 0 the batching adapts by itself: a lone request runs at once, and
+requests that arrive while a call runs form the next batch, so the per-call
+overhead is shared under load and no request ever waits for company. Results go
+back to each caller in its own order.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ class ServingSettings(BaseModel):
     reload_poll_seconds: float = 5.0  # how often the service checks the PRODUCTION pointer
     store_retry_seconds: float = 1.0  # after an online-store failure, serve the fallback this long before retrying
     batch_max_size: int = 16  # adaptive micro-batching of model calls; <= 1 turns it off
-    batch_max_wait_ms: float = 2.0
+    batch_max_wait_ms: float = 0.0  # > 0: also wait this long for company (0: batch only what queued up meanwhile)
     workers: int = 1
     torch_threads: int = 1  # per worker: a tiny model per request is fastest single-threaded; concurrency comes from requests
 

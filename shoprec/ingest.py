@@ -75,6 +75,8 @@ def count(batch: Batch) -> dict:
         "items": int(batch.events["item_id"].nunique()),
         "catalog_items": int(len(batch.items)),
         "titles": int(batch.items["title"].notna().sum()),
+        "first_event": batch.events["timestamp"].min().isoformat() if len(batch.events) else None,
+        "last_event": batch.events["timestamp"].max().isoformat() if len(batch.events) else None,
     }
 
 

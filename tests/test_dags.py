@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from shoprec import lake
 from shoprec.airflow_env import DAGS_DIR, apply_airflow_env, migrate_db
 from shoprec.config import load_settings
 from shoprec.pipeline import enough_new_events, inbox_batches, inbox_folder
@@ -179,6 +180,64 @@ def test_invalid_batch_fails_at_validation_and_changes_nothing(features_run, dag
     assert any(settings.quarantine_dir.iterdir()), "the refused batch was not quarantined"
     alerts = [json.loads(p.read_text()) for p in settings.alerts_dir.glob("*.json")]
     assert any(a["task_id"] == "validate_and_ingest" and "broken" in a["error"] for a in alerts)
+
+
+def online_rows(settings) -> list[tuple]:
+    """Every online row without Feast's write time (created_ts), which a re-run changes."""
+    with sqlite3.connect(settings.feast_dir / "online_store.db") as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return sorted((t, *row) for t in tables
+                      for row in db.execute(f'SELECT entity_key, feature_name, value, event_ts FROM "{t}"'))
+
+
+@pytest.fixture(scope="module")
+def backfill(dagbag, tmp_path_factory):
+    """Three hourly batches backfilled newest first (``airflow backfill create --run-backwards``),
+    so the older events arrive after newer ones are online; then the middle hour is re-run."""
+    from shoprec.adapters.base import Batch
+    from shoprec.generate import generate, write_generated
+
+    home = tmp_path_factory.mktemp("backfill-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHOPREC_HOME", str(home))
+        settings = load_settings()
+        shop = generate(3000, seed=5, start="2026-10-01", days=21)
+        cuts = pd.to_datetime(["2026-10-08", "2026-10-15"], utc=True)
+        parts = [shop.events[shop.events["timestamp"] < cuts[0]],
+                 shop.events[(shop.events["timestamp"] >= cuts[0]) & (shop.events["timestamp"] < cuts[1])],
+                 shop.events[shop.events["timestamp"] >= cuts[1]]]
+        hours = [HOUR - timedelta(hours=h) for h in (3, 2, 1)]  # the past range [07:00, 10:00)
+        for hour, part in zip(hours, parts):
+            write_generated(Batch(part, shop.items), inbox_folder(settings, hour + timedelta(minutes=20), "export"))
+        dag = dagbag.get_dag("shoprec_features")
+        runs = [states(dag.test(logical_date=hour + timedelta(hours=1))) for hour in reversed(hours)]
+        before = online_rows(settings), tree(settings.lake_dir)
+        rerun = states(dag.test(logical_date=hours[1] + timedelta(hours=1)))  # replaces that hour's run
+        yield settings, shop, runs, rerun, before
+
+
+@pytest.mark.slow
+def test_a_backfill_over_past_hours_brings_every_batch_online(backfill):
+    from shoprec.features.online import OnlineFeatures
+    from shoprec.features.sequence import recent_items
+
+    settings, shop, runs, _, _ = backfill
+    assert all(set(run.values()) == {"success"} for run in runs), runs
+    assert {r["source"] for r in lake.batch_records(settings.lake_dir)} == {
+        str(p) for p in settings.inbox_dir.iterdir()}  # each hour took its own batch
+    expected = recent_items(shop.events, settings.features.sequence_length).set_index("user_id")
+    users = list(expected.index)
+    online = OnlineFeatures(settings).recent_items(users)
+    wrong = [u for u in users if online[u] != list(expected.loc[u, "item_ids"])]
+    assert not wrong, f"{len(wrong)} of {len(users)} users have a stale online sequence, e.g. {wrong[:3]}"
+
+
+@pytest.mark.slow
+def test_re_running_an_hour_leaves_lake_and_online_store_as_they_were(backfill):
+    settings, _, _, rerun, (online_before, lake_before) = backfill
+    assert set(rerun.values()) == {"success"}, rerun
+    assert tree(settings.lake_dir) == lake_before
+    assert online_rows(settings) == online_before
 
 
 RETRY_DAG = '''

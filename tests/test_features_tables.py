@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from shoprec.config import load_settings
 from shoprec.features import store, tables
-from shoprec.features.sequence import recent_items
+from shoprec.features.sequence import extend_sequence, recent_items
 from shoprec.generate import generate
 
 
@@ -57,3 +58,23 @@ def test_profile_selects_feature_store_yaml(home):
     assert "type: redis" in text and "db=9" in text and "registry_type: sql" in text
     with pytest.raises(ValueError, match="no Feast configuration"):
         store.resolved_yaml(load_settings(registry={"type": "sql"}))  # sqlite online + SQL registry: no template
+
+
+def test_extend_sequence_follows_recent_items_with_ties_and_late_events():
+    """The push path's plain-Python form of the rule gives what recent_items gives on all events."""
+    rng = np.random.default_rng(3)
+    base = pd.Timestamp("2024-03-01", tz="UTC")
+    events = pd.DataFrame({
+        "user_id": "u",
+        "item_id": [f"i{k}" for k in range(40)],
+        "event_type": rng.choice(["view", "add_to_cart", "purchase"], 40),
+        "timestamp": base + pd.to_timedelta(rng.integers(0, 10, 40), unit="h"),  # many ties, out of order
+    })
+    for max_len in (5, None):
+        stored = {"item_ids": [], "event_types": [], "timestamps": []}
+        for start in range(0, 40, 7):  # pushed in chunks, each merged into what is stored
+            stored = extend_sequence(stored, events.iloc[start : start + 7], max_len)
+            expected = recent_items(events.iloc[: start + 7], max_len).iloc[0]
+            assert stored["item_ids"] == expected["item_ids"]
+            assert stored["event_types"] == expected["event_types"]
+            assert stored["timestamps"] == list(expected["timestamps"])

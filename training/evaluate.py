@@ -38,16 +38,15 @@ def evaluate_scorer(score: Scorer, evalset: EvalSet, counts: np.ndarray, batch_s
     ranks, tops = [], []
     for start in range(0, len(evalset), batch_size):
         inputs = evalset.inputs[start : start + batch_size]
-        scores = np.array(score(inputs), dtype=np.float32, copy=True)
-        scores[:, PAD] = -np.inf
-        for row, history in enumerate(inputs):
-            scores[row, history] = -np.inf
-        targets = evalset.targets[start : start + batch_size]
+        # torch ops run on every core; the masking, ranking and top-k were numpy loops before (8 s per Beauty pass)
+        scores = torch.from_numpy(np.array(score(inputs), dtype=np.float32, copy=True))
+        rows = np.repeat(np.arange(len(inputs)), [len(h) for h in inputs])
+        scores[torch.from_numpy(rows), torch.from_numpy(np.concatenate(inputs).astype(np.int64))] = -torch.inf
+        scores[:, PAD] = -torch.inf
+        targets = torch.from_numpy(np.asarray(evalset.targets[start : start + batch_size], dtype=np.int64))
         ranks.append(target_ranks(scores, targets))
         k = min(TOP_K, scores.shape[1] - 1)
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        tops.append(np.take_along_axis(top, order, axis=1) - 1)  # vocab index -> catalog column
+        tops.append((torch.topk(scores, k, dim=1).indices - 1).numpy())  # vocab index -> catalog column
     return compute_metrics(np.concatenate(ranks), np.concatenate(tops), counts[1:])
 
 

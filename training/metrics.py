@@ -58,10 +58,13 @@ RANK_METRICS = [m(k) for k in (5, 10, 20) for m in (HitRate, NDCG)]
 LIST_METRICS = [Coverage(10), PopularityBias(10)]
 
 
-def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """0-based rank of each row's target among all items (ties count against it: strictly greater scores first)."""
+def target_ranks(scores, targets) -> np.ndarray:
+    """0-based rank of each row's target among all items (ties count against it: strictly greater scores first).
+
+    ``scores`` (B, n) and ``targets`` (B,) are numpy arrays or torch tensors."""
     target_scores = scores[np.arange(len(targets)), targets]
-    return (scores > target_scores[:, None]).sum(axis=1)
+    ranks = (scores > target_scores[:, None]).sum(1)
+    return ranks.numpy() if hasattr(ranks, "numpy") else ranks
 
 
 def compute_metrics(ranks: np.ndarray, top_items: np.ndarray, item_counts: np.ndarray) -> dict[str, float]:

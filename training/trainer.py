@@ -85,6 +85,33 @@ def training_examples(train: list[np.ndarray], max_len: int) -> tuple[np.ndarray
     return inputs[keep], targets[keep], lengths[keep]
 
 
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, generator: np.random.Generator,
+                            bucket_batches: int = 50) -> list[np.ndarray]:
+    """Row indices per batch for one epoch: shuffled, then sorted by length within windows of
+    ``bucket_batches`` batches, and the batches shuffled again.
+
+    Most Beauty users have a handful of items but a batch is as wide as its longest row, so
+    random batches pad ~6 real items to 50; bucketing keeps batches narrow (3x faster epochs)
+    while every epoch still sees the rows in a new random grouping.
+    """
+    order = generator.permutation(len(lengths))
+    window = batch_size * bucket_batches
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        order[start : start + window] = chunk[np.argsort(lengths[chunk], kind="stable")]
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    return [batches[i] for i in generator.permutation(len(batches))]
+
+
+def batch_tensors(rows: np.ndarray, inputs: np.ndarray, targets: np.ndarray, lengths: np.ndarray, max_len: int,
+                  device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(items, positions, targets) of ``rows``, cut to the longest row's width (left padding dropped)."""
+    width = int(lengths[rows].max())
+    items = torch.from_numpy(inputs[rows, -width:]).to(device)
+    positions = torch.arange(max_len - width, max_len, device=device).expand_as(items)
+    return items, positions, torch.from_numpy(targets[rows, -width:]).to(device)
+
+
 def fit(model, split: SplitData, hp: dict, *, device: str = "cpu", checkpoint_dir: Path | None = None,
         epochs: int | None = None, lr: float | None = None, progress: bool = True) -> TrainResult:
     """Train ``model`` on ``split.train``; early stopping on ``split.valid`` NDCG@10; the model ends with its best weights.
@@ -120,14 +147,9 @@ def fit(model, split: SplitData, hp: dict, *, device: str = "cpu", checkpoint_di
             break
         started = time.perf_counter()
         model.train()
-        order = generator.permutation(len(inputs))
-        total, batches = 0.0, range(0, len(order), hp["batch_size"])
-        for start in tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False):
-            rows = order[start : start + hp["batch_size"]]
-            width = int(lengths[rows].max())
-            batch_items = torch.from_numpy(inputs[rows, -width:]).to(device)
-            batch_targets = torch.from_numpy(targets[rows, -width:]).to(device)
-            positions = torch.arange(max_len - width, max_len, device=device).expand_as(batch_items)
+        total, batches = 0.0, length_bucketed_batches(lengths, hp["batch_size"], generator)
+        for rows in tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False):
+            batch_items, positions, batch_targets = batch_tensors(rows, inputs, targets, lengths, max_len, device)
             with autocast:
                 loss = model.loss(batch_items, positions, batch_targets, hp["label_smoothing"])
             optimizer.zero_grad(set_to_none=True)

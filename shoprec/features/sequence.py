@@ -1,8 +1,10 @@
 """THE definition of "the user's last N items": one function for every path.
 
 The batch feature table, historical (point-in-time) retrieval, the real-time push
-path and the model's training data all call ``recent_items``; nothing else may
-decide what a user's sequence is, so training and serving cannot disagree.
+path and the model's training data all follow ``recent_items``; nothing else may
+decide what a user's sequence is, so training and serving cannot disagree. The two
+faster forms of the rule (``recent_items_over_time`` for the point-in-time table,
+``extend_sequence`` for one user's push) are tested against it.
 """
 
 from __future__ import annotations
@@ -39,23 +41,24 @@ def recent_items(events: pd.DataFrame, max_len: int | None, as_of: pd.Timestamp 
     return out
 
 
-def append_events(current: pd.DataFrame, new_events: pd.DataFrame, max_len: int | None) -> pd.DataFrame:
-    """The push path: a user's stored sequence plus new events, through ``recent_items``.
+def extend_sequence(stored: dict, new_events: pd.DataFrame, max_len: int | None) -> dict:
+    """The push path for one user: ``recent_items`` of (stored sequence + new events).
 
-    ``current`` is the output of ``recent_items`` (e.g. read back from the online
-    store) for the users of ``new_events``; it is exploded back to events so that
-    exactly the same rule decides the result.
+    ``stored`` has the lists item_ids, event_types, timestamps (oldest first, as
+    ``recent_items`` made them and the online store returns them). The same rule in
+    plain Python - a pandas group-by per pushed event cost 7 ms - and a test checks it
+    against ``recent_items`` on shuffled events with ties.
     """
-    if len(current):
-        old = current.explode(list(SEQUENCE_COLUMNS), ignore_index=True).rename(
-            columns={"item_ids": "item_id", "event_types": "event_type", "timestamps": "timestamp"}
-        )
-        old = old.dropna(subset=["item_id"])[["user_id", "item_id", "event_type", "timestamp"]]
-        old["timestamp"] = pd.to_datetime(old["timestamp"], utc=True)
-        combined = pd.concat([old, new_events[["user_id", "item_id", "event_type", "timestamp"]]], ignore_index=True)
-    else:
-        combined = new_events
-    return recent_items(combined, max_len)
+    old = [e for e in zip(stored["item_ids"], stored["event_types"], stored["timestamps"]) if e[0] is not None]
+    new = zip(new_events["item_id"], new_events["event_type"], new_events["timestamp"])
+    merged = sorted(old + list(new), key=lambda e: pd.Timestamp(e[2]))  # stable: ties keep stored-then-new order
+    if max_len is not None:
+        merged = merged[-max_len:]
+    return {
+        "item_ids": [str(e[0]) for e in merged],
+        "event_types": [str(e[1]) for e in merged],
+        "timestamps": [pd.Timestamp(e[2]).tz_convert("UTC") for e in merged],
+    }
 
 
 def recent_items_over_time(events: pd.DataFrame, max_len: int) -> pd.DataFrame:

@@ -150,12 +150,17 @@ def materialize(
     start: datetime | None = None,
     end: datetime | None = None,
     progress: bool = False,
+    since: datetime | None = None,
 ) -> dict:
     """Offline -> online in bounded chunks (``features.materialize_chunk_days``).
 
     Without ``start``, each view continues from where its last materialization ended
-    (incremental); without ``end``, up to now. Re-running an interval writes the same
-    rows again: the online store ends in the same state.
+    (incremental), or from ``since`` when that is earlier: the oldest event of the
+    batches just ingested, so events that arrive late (a backfill, a shop's delayed
+    export) still reach the online store. Without ``start``, the end never moves back
+    before what is already materialized: a backfilled hour must not replace newer online
+    rows with older ones. Without ``end``, up to now. Re-running an interval writes the
+    same rows again: the online store ends in the same state.
     """
     store = feature_store(settings)
     end_ts = _utc(end) if end is not None else pd.Timestamp.now(tz="UTC")
@@ -163,18 +168,22 @@ def materialize(
     for name in TABLES:
         view = store.get_feature_view(name)
         times = _table_times(settings, name)
+        last_end = _utc(view.most_recent_end_time) if view.most_recent_end_time is not None else None
+        view_end = end_ts
         if start is not None:
             view_start = _utc(start)
-        elif view.most_recent_end_time is not None:
-            view_start = _utc(view.most_recent_end_time)
+        elif last_end is not None:
+            view_start = last_end if since is None else min(last_end, _utc(since))
+            view_end = max(end_ts, last_end)
         else:
             view_start = times.min() if len(times) else end_ts
-        chunks = _chunks(view_start, end_ts, settings.features.materialize_chunk_days, times)
+        chunks = _chunks(view_start, view_end, settings.features.materialize_chunk_days, times)
         rows = 0
         for a, b in tqdm(chunks, desc=f"materialize {name}", unit="chunk", disable=not progress):
             store.materialize(start_date=a.to_pydatetime(), end_date=b.to_pydatetime(), feature_views=[name])
             rows += int(((times >= a) & (times < b)).sum())
-        report["views"][name] = {"start": view_start.isoformat(), "chunks": len(chunks), "rows_read": rows}
+        report["views"][name] = {"start": view_start.isoformat(), "end": view_end.isoformat(),
+                                 "chunks": len(chunks), "rows_read": rows}
     return report
 
 

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from training.data import SplitData
-from training.trainer import training_examples
+from training.trainer import batch_tensors, length_bucketed_batches, training_examples
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # items, positions, targets -> loss
 
@@ -26,14 +26,9 @@ def train_steps(model: torch.nn.Module, split: SplitData, loss_fn: LossFn, *, ep
     losses = []
     for epoch in range(epochs):
         model.train()
-        order, total = generator.permutation(len(inputs)), 0.0
-        batches = range(0, len(order), batch_size)
-        for start in tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False):
-            rows = order[start : start + batch_size]
-            width = int(lengths[rows].max())
-            items = torch.from_numpy(inputs[rows, -width:])
-            positions = torch.arange(model.max_len - width, model.max_len).expand_as(items)
-            loss = loss_fn(items, positions, torch.from_numpy(targets[rows, -width:]))
+        total, batches = 0.0, length_bucketed_batches(lengths, batch_size, generator)
+        for rows in tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False):
+            loss = loss_fn(*batch_tensors(rows, inputs, targets, lengths, model.max_len))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
