@@ -47,6 +47,8 @@ def _respond(call, *args) -> Any:
 @bentoml.service(
     name="shoprec",
     workers=settings.serving.workers,
+    threads=settings.serving.threads,
+    logging={"access": {"enabled": settings.serving.access_log}},
     traffic={"timeout": 30},
     http={"port": settings.serving.port},
 )

@@ -81,6 +81,8 @@ class ServingSettings(BaseModel):
     batch_max_size: int = 16  # adaptive micro-batching of model calls; <= 1 turns it off
     batch_max_wait_ms: float = 0.0  # > 0: also wait this long for company (0: batch only what queued up meanwhile)
     workers: int = 1
+    threads: int = 16  # per worker: concurrent requests (BentoML runs sync endpoints one at a time by default)
+    access_log: bool = True  # one log line per request (BentoML's access log)
     torch_threads: int = 1  # per worker: a tiny model per request is fastest single-threaded; concurrency comes from requests
 
 

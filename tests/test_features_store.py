@@ -165,6 +165,24 @@ def test_leakage_features_at_t_never_include_later_events(shop):
         assert as_list(row.item_ids) == (expected["item_ids"].iloc[0] if len(expected) else [])
 
 
+def test_training_events_from_the_feature_store_are_the_sequences_as_of_the_cutoff(shop):
+    from training.data import feature_store_events
+
+    settings, events, _ = shop
+    cutoff = events["timestamp"].quantile(0.6)
+    users = sorted(events["user_id"].unique())
+    got = feature_store_events(settings, users, cutoff)
+    assert got["timestamp"].max() <= cutoff and got["timestamp"].dt.tz is not None
+    expected = recent_items(events[events["timestamp"] <= cutoff], SEQ_LEN)
+    got_sequences = recent_items(got, None).set_index("user_id")
+    for row in expected.itertuples():
+        assert got_sequences.loc[row.user_id, "item_ids"] == row.item_ids
+        assert got_sequences.loc[row.user_id, "event_types"] == row.event_types
+    assert set(got_sequences.index) == set(expected["user_id"])  # users with nothing before the cutoff: absent
+    with pytest.raises(ValueError, match="no user sequence"):
+        feature_store_events(settings, users, pd.Timestamp("2000-01-01", tz="UTC"))
+
+
 def test_push_then_read_sees_the_new_event(shop, online):
     settings, events, _ = shop
     now = pd.Timestamp.now(tz="UTC").floor("s")

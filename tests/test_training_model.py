@@ -62,6 +62,22 @@ def test_beats_popularity_by_a_wide_margin_on_the_synthetic_shop(settings):
     assert meta["protocol"] == "loo" and meta["data_fingerprint"] and meta["metrics"]["NDCG@10"] == ours
 
 
+def test_sampled_softmax_learns_and_covers_the_catalog_when_negatives_exceed_it():
+    events = ring_events(n_users=64, ring=40)
+    vocab = ItemVocab.from_events(events)
+    split = leave_one_out(user_sequences(events), vocab)
+    hp = quick_hp(dropout=0.0, attn_dropout=0.0, max_epochs=40, patience=40, negatives=8)
+    model = make_model(len(vocab), hp)
+    items, positions = torch.tensor([[0, 1, 2, 3]]), torch.arange(hp["max_len"] - 4, hp["max_len"]).unsqueeze(0)
+    targets = torch.tensor([[0, 2, 3, 4]])
+    torch.manual_seed(0)
+    full = model.loss(items, positions, targets)
+    assert torch.allclose(model.loss(items, positions, targets, negatives=len(vocab)), full)  # no sampling then
+    assert not torch.allclose(model.loss(items, positions, targets, negatives=8), full)
+    fit(model, split, hp, progress=False)  # 8 sampled negatives of a 40-item catalog
+    assert evaluate_all({"m": model_scorer(model)}, split, len(vocab))["m"]["HR@5"] >= 0.9
+
+
 @pytest.fixture(scope="module")
 def module_settings(tmp_path_factory):
     from shoprec.config import load_settings

@@ -1,8 +1,8 @@
 """Champion vs challenger: the glue of the training DAG around the training steps.
 
 The hold-out is the newest ``airflow.holdout_fraction`` of the events, by time. The
-challenger trains on the events before it (from scratch, or warm-started from
-production); challenger and champion are then scored by the same metric code on the same
+challenger trains on the users' sequences just before it, read from the feature store by
+a point-in-time join (from scratch, or warm-started from production); challenger and champion are then scored by the same metric code on the same
 hold-out targets, the champion through its own vocabulary mapped onto the challenger's
 (items it does not know rank last). What is evaluated is what is shipped: the promoted
 version is the challenger (or its compressed variant the compression gate picked).
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data import ItemVocab, PAD, load_events, time_split
+from training.data import ItemVocab, PAD, feature_store_events, load_events, time_split
 from training.evaluate import evaluate_scorer, model_scorer
 from training.registry import production_version
 
@@ -42,25 +42,35 @@ def _recorded(path: Path, make) -> dict:
 
 
 def build_training_set(settings, run_id: str) -> dict:
-    """Fix the run's data: the events in the lake now, and the hold-out cutoff."""
+    """Fix the run's data: the hold-out cutoff, the training events from the feature store
+    (point in time: each user's sequence just before the cutoff) and the lake's events for
+    the hold-out."""
     folder = run_dir(settings, run_id)
 
     def make() -> dict:
         events, items = load_events("lake", settings)
-        cutoff = events["timestamp"].quantile(1.0 - settings.airflow.holdout_fraction)
+        cutoff = pd.Timestamp(events["timestamp"].quantile(1.0 - settings.airflow.holdout_fraction))
+        before = events[events["timestamp"] < cutoff]
+        train = feature_store_events(settings, before["user_id"].unique(), cutoff - pd.Timedelta(microseconds=1))
         events.to_parquet(folder / "events.parquet")
+        train.to_parquet(folder / "train_events.parquet")
         items.to_parquet(folder / "items.parquet")
-        return {"run_dir": str(folder), "cutoff": pd.Timestamp(cutoff).isoformat(), "events": int(len(events)),
-                "train_events": int((events["timestamp"] < cutoff).sum())}
+        return {"run_dir": str(folder), "cutoff": cutoff.isoformat(), "events": int(len(events)),
+                "train_events": int(len(train)), "train_source": "feature store (point-in-time join)"}
 
     folder.mkdir(parents=True, exist_ok=True)
     return _recorded(folder / "training_set.json", make)
 
 
 def _data(dataset: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
+    """(all events of the run, for the hold-out; the catalog; the cutoff)."""
     folder = Path(dataset["run_dir"])
     return (pd.read_parquet(folder / "events.parquet"), pd.read_parquet(folder / "items.parquet"),
             pd.Timestamp(dataset["cutoff"]))
+
+
+def _training_events(dataset: dict) -> pd.DataFrame:
+    return pd.read_parquet(Path(dataset["run_dir"]) / "train_events.parquet")
 
 
 def train_challenger(settings, dataset: dict, mode: str = "auto", profile: str | None = None,
@@ -69,8 +79,8 @@ def train_challenger(settings, dataset: dict, mode: str = "auto", profile: str |
     from training.pipeline import train_version, warm_start
 
     def make() -> dict:
-        events, items, cutoff = _data(dataset)
-        before = events[events["timestamp"] < cutoff]
+        _, items, _ = _data(dataset)
+        before = _training_events(dataset)
         champion = production_version(settings)
         chosen = mode
         if mode == "auto":

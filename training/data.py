@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from shoprec.features.sequence import recent_items
+from shoprec.schema import conform_events
 
 PAD = 0
 
@@ -21,8 +22,8 @@ PAD = 0
 def load_events(source: str, settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(events, items) for training: ``lake`` (ingested data) or ``beauty`` (the benchmark file).
 
-    The one place that decides where training data comes from; the feature store
-    replaces the lake branch later.
+    The benchmark and ``shoprec train`` read whole histories here; the training DAG
+    reads the feature store instead (``feature_store_events``).
     """
     if source == "lake":
         from shoprec import lake
@@ -38,6 +39,26 @@ def load_events(source: str, settings) -> tuple[pd.DataFrame, pd.DataFrame]:
         batch = read_batch("s3rec", SHARED_DATA_DIR / "amazon-beauty")
         return batch.events, batch.items
     raise ValueError(f"unknown data source {source!r}; choose lake or beauty")
+
+
+def feature_store_events(settings, user_ids, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Each user's recent events as of ``as_of``, from the feature store's offline side.
+
+    A Feast point-in-time join on ``user_recent_items`` (one entity row per user, at
+    ``as_of``), exploded back into events: the last ``features.sequence_length`` events of
+    each user that the online store would have served at that moment, and nothing later.
+    """
+    from shoprec.features.store import training_set
+
+    refs = [f"user_recent_items:{c}" for c in ("item_ids", "event_types", "timestamps")]
+    entity = pd.DataFrame({"user_id": pd.Series(user_ids, dtype="string"), "event_timestamp": pd.Timestamp(as_of)})
+    rows = training_set(entity, settings, refs)
+    rows = rows[rows["item_ids"].map(lambda xs: xs is not None and not isinstance(xs, float) and len(xs) > 0)]
+    if rows.empty:
+        raise ValueError(f"the feature store holds no user sequence as of {as_of}; run the features DAG first")
+    events = rows[["user_id", "item_ids", "event_types", "timestamps"]].explode(["item_ids", "event_types", "timestamps"])
+    events = events.rename(columns={"item_ids": "item_id", "event_types": "event_type", "timestamps": "timestamp"})
+    return conform_events(events.reset_index(drop=True))
 
 
 def user_sequences(events: pd.DataFrame, as_of: pd.Timestamp | None = None) -> pd.DataFrame:

@@ -148,10 +148,14 @@ def fit(model, split: SplitData, hp: dict, *, device: str = "cpu", checkpoint_di
         started = time.perf_counter()
         model.train()
         total, batches = 0.0, length_bucketed_batches(lengths, hp["batch_size"], generator)
+        # batches hold rows of similar length, so a per-batch mean would weigh a short user's
+        # positions ~10x more than a long user's: sum, and divide by a batch's expected count
+        positions_per_batch = hp["batch_size"] * float(lengths.mean())
         for rows in tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False):
             batch_items, positions, batch_targets = batch_tensors(rows, inputs, targets, lengths, max_len, device)
             with autocast:
-                loss = model.loss(batch_items, positions, batch_targets, hp["label_smoothing"])
+                loss = model.loss(batch_items, positions, batch_targets, hp["label_smoothing"], hp.get("negatives", 0),
+                                  reduction="sum") / positions_per_batch
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

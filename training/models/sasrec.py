@@ -5,7 +5,8 @@ pre-LayerNorm, learned positions; its token table is unused: we feed
 ``inputs_embeds``). Items are represented by ``ItemEmbedding``: a learned ID vector
 plus a projection of the item's MiniLM text embedding, so an item with text but no
 interactions still has a representation. The same fused table embeds the input and
-scores the output (weight tying), over the full catalog (softmax cross-entropy).
+scores the output (weight tying), over the full catalog (softmax cross-entropy), or
+against sampled negatives for catalogs too large for that (``negatives`` in the YAML).
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ class ItemEmbedding(nn.Module):
     def project_text(self, text: torch.Tensor) -> torch.Tensor:
         return self.text_norm(self.text_proj(text))
 
+    def rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """``table()[indices]`` without computing the rows of the rest of the catalog."""
+        rows = self.ids(indices)
+        if self.text_dim:
+            rows = rows + self.project_text(self.text[indices])
+        return rows * (indices != PAD).unsqueeze(-1).to(rows.dtype)
+
     def table(self) -> torch.Tensor:
         """(n_vocab, hidden) item representations; the padding row is zero."""
         table = self.ids.weight
@@ -72,8 +80,7 @@ class SASRec(nn.Module):
 
     def encode(self, items: torch.Tensor, positions: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) left-padded item indices -> (B, T, hidden) states; state t has seen items <= t."""
-        table = self.items.table() if table is None else table
-        embeds = table[items] * self.scale
+        embeds = (self.items.rows(items) if table is None else table[items]) * self.scale
         mask = (items != PAD).long()
         return self.encoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
 
@@ -82,13 +89,33 @@ class SASRec(nn.Module):
         scores[..., PAD] = float("-inf")
         return scores
 
-    def loss(self, items: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-        """Full-softmax cross-entropy at every non-padded position (every prefix predicts its next item)."""
+    def loss(self, items: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+             negatives: int = 0, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of the next item at every non-padded position (every prefix predicts its next item).
+
+        ``negatives=0``: full softmax over the catalog. ``negatives=N``: sampled softmax, the
+        target against N items drawn uniformly for the whole batch (SASRec+/gSASRec): for
+        catalogs too large to score in full at every position. ``reduction``: "mean" or "sum"
+        over the positions.
+        """
+        keep = targets != PAD
+        if negatives and negatives < self.items.ids.num_embeddings - 1:
+            states = self.encode(items, positions)[keep]
+            return self._sampled_loss(states, targets[keep], negatives, reduction)
         table = self.items.table()
         states = self.encode(items, positions, table)
-        keep = targets != PAD
         logits = self.logits(states[keep], table)
-        return nn.functional.cross_entropy(logits.float(), targets[keep], label_smoothing=label_smoothing)
+        return nn.functional.cross_entropy(logits.float(), targets[keep], label_smoothing=label_smoothing,
+                                           reduction=reduction)
+
+    def _sampled_loss(self, states: torch.Tensor, targets: torch.Tensor, negatives: int, reduction: str) -> torch.Tensor:
+        sampled = torch.randint(1, self.items.ids.num_embeddings, (negatives,), device=states.device)
+        positive = (states * self.items.rows(targets)).sum(-1, keepdim=True)
+        negative = states @ self.items.rows(sampled).T
+        negative = negative.masked_fill(sampled.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))  # a drawn target is no negative
+        logits = torch.cat([positive, negative], dim=1).float()
+        return nn.functional.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=states.device),
+                                           reduction=reduction)
 
     def score_last(self, items: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(B, n_vocab) scores of the next item after each sequence (padding column = -inf)."""
