@@ -6,6 +6,8 @@ fine-tunes an existing version on new events only.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import numpy as np
@@ -65,7 +67,9 @@ def train_version(settings, *, data: str = "lake", protocol: str = "full", profi
     config = {key: hp[key] for key in ("model", "hidden", "layers", "heads", "inner", "dropout", "attn_dropout", "max_len")}
     config.update(n_vocab=len(vocab), text_dim=0 if text is None else text.shape[1])
     net = build_model(config, None if text is None else torch.from_numpy(text))
-    ckpt_dir = settings.cache_dir / "checkpoints" / f"{model}-{protocol}-{profile}-{fingerprint(events)}" if checkpoint else None
+    # resume only the same run: same data and the same hyperparameters
+    run_key = hashlib.sha256(json.dumps(hp, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    ckpt_dir = settings.cache_dir / "checkpoints" / f"{model}-{protocol}-{run_key}-{fingerprint(events)}" if checkpoint else None
     result = fit(net, split, hp, device=device, checkpoint_dir=ckpt_dir, progress=progress)
     net.to("cpu")
     report = evaluation_report(net, split, len(vocab), hp["eval_batch_size"])
