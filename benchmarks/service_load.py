@@ -4,8 +4,9 @@ Sets up a throw-away shop (synthetic data, Feast with a Redis online store on a
 private port, a quick model and its compressed variant), then for two configurations
 of the same service, one after the other on the same machine, data and features:
   served : the compressed variant (``--variant``, default dynamic_int8, built with
-           training.compression; ``none`` serves the FP32 model) with adaptive micro-batching
-  naive  : the FP32 PyTorch model, no batching (SHOPREC_SERVING__BATCH_MAX_SIZE=1)
+           training.compression; ``none`` serves the FP32 model) with adaptive micro-batching,
+           ``--workers`` worker processes (2: the production profile's one per core)
+  naive  : the FP32 PyTorch model, no batching (SHOPREC_SERVING__BATCH_MAX_SIZE=1), one worker
 Each is promoted to production before its server starts. wrk runs at concurrency 1, 8
 and 32 on POST /recommend for known users (p50/p99 latency, requests/s, errors); then
 event-to-recommendation freshness: POST /events for a new user, then /recommend until
@@ -48,7 +49,7 @@ request = function()
   return wrk.format(nil, "/recommend", nil, body)
 end
 """
-NAIVE = {"SHOPREC_SERVING__BATCH_MAX_SIZE": "1"}
+NAIVE = {"SHOPREC_SERVING__BATCH_MAX_SIZE": "1", "SHOPREC_SERVING__WORKERS": "1"}
 
 
 def compressed_variant(version: str, method: str) -> str:
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--fresh-trials", type=int, default=100)
     parser.add_argument("--variant", default="dynamic_int8", choices=["dynamic_int8", "none"],
                         help="compressed variant served in the 'served' configuration (none: FP32)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of the served configuration")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -120,7 +122,7 @@ def main() -> None:
     os.environ.update(env)
     shop = prepare_shop(args.events)
     served_version = shop["version"] if args.variant == "none" else compressed_variant(shop["version"], args.variant)
-    configs = {"served": (served_version, {}), "naive": (shop["version"], NAIVE)}
+    configs = {"served": (served_version, {"SHOPREC_SERVING__WORKERS": str(args.workers)}), "naive": (shop["version"], NAIVE)}
     users = home / "users.txt"
     users.write_text("\n".join(shop["events"]["user_id"].drop_duplicates().astype(str)) + "\n")
     script = home / "recommend.lua"

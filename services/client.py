@@ -11,6 +11,7 @@ unless ``url`` is given.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -48,11 +49,23 @@ def reload_service(settings: Settings, version: str, url: str | None = None) -> 
 
 
 def smoke_test(settings: Settings, expect_version: str, url: str | None = None) -> dict:
-    """GET /model names ``expect_version`` and POST /recommend answers with items."""
+    """GET /model names ``expect_version`` and POST /recommend answers with items.
+
+    ``/admin/reload`` reaches one worker process; the others swap when their pointer watcher
+    next polls. So the check waits, up to a few poll intervals, until ``confirmations`` answers
+    in a row (spread over the workers by the server) name the version.
+    """
     url = url or service_url(settings)
-    status, model = _call(url, "/model")
-    if status != 200 or model.get("model_version") != expect_version:
-        raise ServiceError(f"the service serves {model.get('model_version') if model else None}, not {expect_version}")
+    confirmations = 4 * max(1, settings.serving.workers)
+    deadline = time.monotonic() + 3 * settings.serving.reload_poll_seconds + 5
+    in_a_row, model = 0, None
+    while in_a_row < confirmations:
+        status, model = _call(url, "/model")
+        in_a_row = in_a_row + 1 if status == 200 and model.get("model_version") == expect_version else 0
+        if in_a_row == 0:
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the service serves {model.get('model_version') if model else None}, not {expect_version}")
+            time.sleep(0.2)
     status, answer = _call(url, "/recommend", {"user_id": "smoke-test", "k": 5})
     if status != 200 or not answer.get("items"):
         raise ServiceError(f"/recommend answered {status}: {answer}")

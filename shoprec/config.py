@@ -80,9 +80,9 @@ class ServingSettings(BaseModel):
     store_retry_seconds: float = 1.0  # after an online-store failure, serve the fallback this long before retrying
     batch_max_size: int = 16  # adaptive micro-batching of model calls; <= 1 turns it off
     batch_max_wait_ms: float = 0.0  # > 0: also wait this long for company (0: batch only what queued up meanwhile)
-    workers: int = 1
+    workers: int = 1  # BentoML worker processes (the production profile: one per core)
     threads: int = 16  # per worker: concurrent requests (BentoML runs sync endpoints one at a time by default)
-    access_log: bool = True  # one log line per request (BentoML's access log)
+    access_log: bool = False  # BentoML's log line per request: ~1.5 ms of a 3 ms answer; /metrics has counts and latencies
     torch_threads: int = 1  # per worker: a tiny model per request is fastest single-threaded; concurrency comes from requests
 
 

@@ -51,8 +51,8 @@ def synthetic_shop() -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), items
 
 
-def backend_settings(backend: str, home):
-    overrides = {"home": home, "features": {"sequence_length": SEQ_LEN, "materialize_chunk_days": 2}}
+def backend_settings(backend: str, home, sequence_length: int = SEQ_LEN):
+    overrides = {"home": home, "features": {"sequence_length": sequence_length, "materialize_chunk_days": 2}}
     if backend == "redis":
         overrides |= {
             "online_store": {"type": "redis", "redis_connection_string": REDIS},
@@ -273,3 +273,31 @@ def test_unreachable_redis_raises_feature_store_unavailable(shop):
     down = settings.model_copy(update={"online_store": settings.online_store.model_copy(update={"redis_connection_string": "127.0.0.1:1,db=7"})})
     with pytest.raises(FeatureStoreUnavailable):
         OnlineFeatures(down).recent_items(["u1"])
+
+
+def _push_from_another_process(home: str, backend: str, offset: int, n: int, start) -> None:
+    online = OnlineFeatures(backend_settings(backend, home, sequence_length=64))
+    online.recent_items(["race"])  # connect and load the registry before the race starts
+    start.wait(60)
+    base = pd.Timestamp("2024-03-20", tz="UTC")
+    for k in range(offset, offset + 2 * n, 2):  # the two processes interleave in time
+        online.push_events(pd.DataFrame({"user_id": ["race"], "item_id": [f"r{k}"], "event_type": ["view"],
+                                         "timestamp": [base + pd.Timedelta(seconds=k)]}))
+
+
+def test_pushes_from_two_worker_processes_for_one_user_lose_nothing(shop, online):
+    """The service's worker processes share the online store: the per-user lock must hold across them."""
+    import multiprocessing
+
+    settings = shop[0]
+    backend = "redis" if settings.online_store.type == "redis" else "sqlite"
+    spawn = multiprocessing.get_context("spawn")
+    start = spawn.Barrier(2)
+    workers = [spawn.Process(target=_push_from_another_process, args=(str(settings.home), backend, offset, 12, start))
+               for offset in (0, 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert online.recent_items(["race"])["race"] == [f"r{k}" for k in range(24)]

@@ -4,15 +4,20 @@ One ``OnlineFeatures`` holds one FeatureStore. A new event updates the user's
 sequence through ``sequence.extend_sequence`` (the same rule as the batch table) and
 is written to the feature views fed by the PushSource ``user_events_push``; the event
 is first appended to the offline event log, so the next ``features build`` includes it. A push is a read-modify-write of the
-user's whole row, so updates are serialised per user (a lock per user id).
+user's whole row, so updates are serialised per user: across threads, across the
+service's worker processes (a file lock on the host), and across hosts when the online
+store is Redis (a Redis lock).
 """
 
 from __future__ import annotations
 
+import fcntl
 import re
 import sqlite3
 import threading
+import zlib
 from collections import defaultdict
+from contextlib import ExitStack, contextmanager
 
 import pandas as pd
 
@@ -26,6 +31,8 @@ from shoprec.schema import REQUIRED_EVENT_COLUMNS, SchemaError, conform_events
 PUSH_SOURCE = "user_events_push"
 SEQUENCE_REFS = [f"user_recent_items:{c}" for c in SEQUENCE_COLUMNS]
 ITEM_REFS = [f"item_stats:{c}" for c in ("price", "available", "popularity_1d", "popularity_7d", "popularity_30d")]
+LOCK_BUCKETS = 64  # users share lock files: a bounded number of files, rare contention
+LOCK_TIMEOUT_S = 10
 ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]+$")
 
 
@@ -133,9 +140,24 @@ class OnlineFeatures:
                     tables.write_table(frame[frame["user_id"] != user_id], path)
 
     # --- helpers ----------------------------------------------------------------
-    def _lock(self, user_id: str) -> threading.Lock:
+    @contextmanager
+    def _lock(self, user_id: str):
         with self._locks_guard:
-            return self._locks[user_id]
+            thread_lock = self._locks[user_id]
+        with thread_lock, ExitStack() as held:
+            try:
+                if self.store.config.online_store.type == "redis":
+                    held.enter_context(self._redis().lock(f"shoprec:push-lock:{user_id}", timeout=LOCK_TIMEOUT_S,
+                                                          blocking_timeout=LOCK_TIMEOUT_S))
+                else:
+                    held.enter_context(_host_lock(self.settings.home / "locks", user_id))
+            except _unavailable_errors() as exc:
+                raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
+            yield
+
+    def _redis(self):
+        config = self.store.config
+        return self.store._get_provider().online_store._get_client(config.online_store)
 
     def _delete_online(self, user_id: str) -> None:
         from feast.infra.key_encoding_utils import serialize_entity_key
@@ -148,9 +170,7 @@ class OnlineFeatures:
             if config.online_store.type == "redis":
                 from feast.infra.online_stores.helpers import _redis_key
 
-                online = self.store._get_provider().online_store
-                client = online._get_client(config.online_store)
-                client.delete(_redis_key(config.project, key, config.entity_key_serialization_version))
+                self._redis().delete(_redis_key(config.project, key, config.entity_key_serialization_version))
             else:
                 blob = serialize_entity_key(key, entity_key_serialization_version=config.entity_key_serialization_version)
                 with sqlite3.connect(config.online_store.path) as conn:
@@ -196,6 +216,19 @@ class OnlineFeatures:
         if out_of_range.any():
             raise InvalidFeatureRequest(f"{int(out_of_range.sum())} event(s) have a timestamp outside [{too_early}, now]")
         return events
+
+
+@contextmanager
+def _host_lock(folder, user_id: str):
+    """An exclusive flock on one of LOCK_BUCKETS files: serialises a user's pushes between processes of one host."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bucket = zlib.crc32(user_id.encode()) % LOCK_BUCKETS
+    with open(folder / f"push-{bucket}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _drop_user_from_event_log(settings: Settings, user_id: str) -> None:

@@ -50,6 +50,8 @@ class ItemEmbedding(nn.Module):
 
     def table(self) -> torch.Tensor:
         """(n_vocab, hidden) item representations; the padding row is zero."""
+        if not self.text_dim:  # the ID table's padding row is zero already (padding_idx): no copy per call
+            return self.ids.weight
         table = self.ids.weight
         if self.text_dim:
             table = table + self.project_text(self.text)
