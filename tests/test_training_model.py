@@ -209,3 +209,16 @@ def test_checkpoints_resume_where_training_stopped(tmp_path):
     straight = make_model(len(vocab), hp)
     reference = fit(straight, split, hp, epochs=4, progress=False)
     assert [h["loss"] for h in result.history] == pytest.approx([h["loss"] for h in reference.history], rel=1e-4)
+
+
+def test_length_bucketed_batches_cover_every_row_once_with_narrow_batches():
+    from training.trainer import length_bucketed_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 51, 1000)
+    batches = length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket_batches=10)
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(1000)) and all(len(b) <= 32 for b in batches)
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    plain = length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket_batches=1)
+    assert spread < 0.25 * np.mean([lengths[b].max() - lengths[b].min() for b in plain])

@@ -3,10 +3,10 @@
 One ``OnlineFeatures`` holds one FeatureStore. A new event updates the user's
 sequence through ``sequence.extend_sequence`` (the same rule as the batch table) and
 is written to the feature views fed by the PushSource ``user_events_push``; the event
-is first appended to the offline event log, so the next ``features build`` includes it. A push is a read-modify-write of the
-user's whole row, so updates are serialised per user: across threads, across the
-service's worker processes (a file lock on the host), and across hosts when the online
-store is Redis (a Redis lock).
+is first appended to the offline event log, so the next ``features build`` includes
+it. A push is a read-modify-write of the user's whole row, so updates are serialised
+per user: across threads, across the service's worker processes (a file lock on the
+host), and across hosts when the online store is Redis (a Redis lock).
 """
 
 from __future__ import annotations

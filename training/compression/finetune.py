@@ -26,7 +26,8 @@ def train_steps(model: torch.nn.Module, split: SplitData, loss_fn: LossFn, *, ep
     losses = []
     for epoch in range(epochs):
         model.train()
-        total, batches = 0.0, length_bucketed_batches(lengths, batch_size, generator)
+        # plain random batches: these losses average per batch, which bucketing would skew
+        total, batches = 0.0, length_bucketed_batches(lengths, batch_size, generator, bucket_batches=1)
         for rows in tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False):
             loss = loss_fn(*batch_tensors(rows, inputs, targets, lengths, model.max_len))
             optimizer.zero_grad(set_to_none=True)
