@@ -48,7 +48,20 @@ def export_onnx(model: torch.nn.Module, path: Path) -> Path:
             dynamic_shapes={"items": {0: batch, 1: seq}, "positions": {0: batch, 1: seq}},
             dynamo=True, external_data=False, opset_version=OPSET, verbose=False,
         )
+    _strip_node_metadata(path)
     return path
+
+
+def _strip_node_metadata(path: Path) -> None:
+    """Drop what the exporter records per node (stack traces, module names): two thirds of a
+    small model's file (a 32-wide demo model: 335 KB, of which 110 KB are weights)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(proto, str(path))
 
 
 def onnx_fp32(model: torch.nn.Module, work_dir: Path) -> OnnxVariant:
