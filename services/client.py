@@ -58,13 +58,14 @@ def smoke_test(settings: Settings, expect_version: str, url: str | None = None) 
     url = url or service_url(settings)
     confirmations = 4 * max(1, settings.serving.workers)
     deadline = time.monotonic() + 3 * settings.serving.reload_poll_seconds + 5
-    in_a_row, model = 0, None
+    in_a_row = 0
     while in_a_row < confirmations:
         status, model = _call(url, "/model")
-        in_a_row = in_a_row + 1 if status == 200 and model.get("model_version") == expect_version else 0
+        serving = (model or {}).get("model_version") if status == 200 else None
+        in_a_row = in_a_row + 1 if serving == expect_version else 0
         if in_a_row == 0:
             if time.monotonic() > deadline:
-                raise ServiceError(f"the service serves {model.get('model_version') if model else None}, not {expect_version}")
+                raise ServiceError(f"the service serves {serving}, not {expect_version}")
             time.sleep(0.2)
     status, answer = _call(url, "/recommend", {"user_id": "smoke-test", "k": 5})
     if status != 200 or not answer.get("items"):

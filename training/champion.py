@@ -2,9 +2,10 @@
 
 The hold-out is the newest ``airflow.holdout_fraction`` of the events, by time. The
 challenger trains on the users' sequences just before it, read from the feature store by
-a point-in-time join (from scratch, or warm-started from production); challenger and champion are then scored by the same metric code on the same
-hold-out targets, the champion through its own vocabulary mapped onto the challenger's
-(items it does not know rank last). What is evaluated is what is shipped: the promoted
+a point-in-time join (from scratch, or warm-started from production); challenger and
+champion are then scored by the same metric code on the same hold-out targets, the
+champion through its own vocabulary mapped onto the challenger's (items it does not know
+rank last). What is evaluated is what is shipped: the promoted
 version is the challenger (or its compressed variant the compression gate picked).
 
 Every function takes and returns small JSON-able dicts (they travel as Airflow XComs) and

@@ -52,9 +52,7 @@ class ItemEmbedding(nn.Module):
         """(n_vocab, hidden) item representations; the padding row is zero."""
         if not self.text_dim:  # the ID table's padding row is zero already (padding_idx): no copy per call
             return self.ids.weight
-        table = self.ids.weight
-        if self.text_dim:
-            table = table + self.project_text(self.text)
+        table = self.ids.weight + self.project_text(self.text)
         mask = torch.ones(table.shape[0], 1, device=table.device, dtype=table.dtype)
         mask[PAD] = 0
         return table * mask
