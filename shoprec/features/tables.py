@@ -75,16 +75,6 @@ def sequence_snapshots(events: pd.DataFrame, max_len: int) -> pd.DataFrame:
     return snapshots.sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
 
 
-def sequence_table(frame: pd.DataFrame) -> pd.DataFrame:
-    out = frame[["user_id", "item_ids", "event_types", "timestamps", "event_timestamp"]].copy()
-    out["user_id"] = out["user_id"].astype("string")
-    out["item_ids"] = out["item_ids"].map(lambda xs: [str(x) for x in xs])
-    out["event_types"] = out["event_types"].map(lambda xs: [str(x) for x in xs])
-    out["timestamps"] = out["timestamps"].map(lambda xs: [pd.Timestamp(x).tz_convert("UTC") for x in xs])
-    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
-    return out.sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
-
-
 # --- user_stats ------------------------------------------------------------------
 def user_stats(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Per user and active day: counts so far, last activity, most frequent categories so far."""
