@@ -1,18 +1,21 @@
 """Bounded load on the recommendation service over loopback, with wrk (a C load generator).
 
 Sets up a throw-away shop (synthetic data, Feast with a Redis online store on a
-private port, a quick model and its compressed variant), then for two configurations
+private port, a quick model and its compressed variant), then for three configurations
 of the same service, one after the other on the same machine, data and features:
-  served : the compressed variant (``--variant``, default dynamic_int8, built with
-           training.compression; ``none`` serves the FP32 model) with adaptive micro-batching,
-           ``--workers`` worker processes (2: the production profile's one per core)
+  served : the compressed variant (``--variant``, default onnx: the one the compression
+           gate picked on Beauty, built with training.compression; ``none`` serves the
+           FP32 PyTorch model), with adaptive batching (concurrent requests share one
+           online-store read and model call), ``--workers`` worker processes (2: the
+           production profile's one per core)
+  unbatched : the served configuration with batching off (what batching buys)
   naive  : the FP32 PyTorch model, no batching (SHOPREC_SERVING__BATCH_MAX_SIZE=1), one worker
 Each is promoted to production before its server starts. wrk runs at concurrency 1, 8
 and 32 on POST /recommend for known users (p50/p99 latency, requests/s, errors); then
 event-to-recommendation freshness: POST /events for a new user, then /recommend until
 it answers from the model with that event (p50/p99 over --fresh-trials).
 
-    python benchmarks/service_load.py [--seconds 10] [--events 20000] [--variant dynamic_int8] [--json]
+    python benchmarks/service_load.py [--seconds 10] [--events 20000] [--variant onnx] [--json]
 
 Targets (2 cores): p99 <= 25 ms at c=8, >= 300 req/s at c=32, zero errors,
 freshness p99 <= 100 ms. Needs `wrk` (apt-get install wrk) and redis-server.
@@ -53,17 +56,24 @@ NAIVE = {"SHOPREC_SERVING__BATCH_MAX_SIZE": "1", "SHOPREC_SERVING__WORKERS": "1"
 
 
 def compressed_variant(version: str, method: str) -> str:
-    """Save ``method`` (a TorchVariant maker of training.compression) of ``version``; returns the variant version."""
+    """Save the ``method`` variant (training.compression) of ``version``; returns the variant version."""
     from shoprec.config import load_settings
     from training.artifact import load_recommender
     from training.compression.folding import fold_text_tower
+    from training.compression.onnx_export import onnx_fp32, onnx_int8
     from training.compression.quantization import dynamic_int8
     from training.compression.variant import save_variant
 
-    makers = {"dynamic_int8": dynamic_int8}
     settings = load_settings()
     parent = load_recommender(version, settings)
-    return save_variant(makers[method](fold_text_tower(parent.torch_model)), parent, settings.models_dir)
+    folded = fold_text_tower(parent.torch_model)
+    with tempfile.TemporaryDirectory() as work:
+        makers = {
+            "dynamic_int8": lambda: dynamic_int8(folded),
+            "onnx": lambda: onnx_fp32(folded, Path(work)),
+            "onnx_int8": lambda: onnx_int8(onnx_fp32(folded, Path(work)), Path(work)),
+        }
+        return save_variant(makers[method](), parent, settings.models_dir)
 
 
 def _ms(value: str, unit: str) -> float:
@@ -108,8 +118,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per concurrency level")
     parser.add_argument("--events", type=int, default=20000, help="synthetic events in the shop")
     parser.add_argument("--fresh-trials", type=int, default=100)
-    parser.add_argument("--variant", default="dynamic_int8", choices=["dynamic_int8", "none"],
-                        help="compressed variant served in the 'served' configuration (none: FP32)")
+    parser.add_argument("--variant", default="onnx", choices=["onnx", "onnx_int8", "dynamic_int8", "none"],
+                        help="compressed variant served in the 'served' configuration (none: FP32 PyTorch)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes of the served configuration")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -122,7 +132,12 @@ def main() -> None:
     os.environ.update(env)
     shop = prepare_shop(args.events)
     served_version = shop["version"] if args.variant == "none" else compressed_variant(shop["version"], args.variant)
-    configs = {"served": (served_version, {"SHOPREC_SERVING__WORKERS": str(args.workers)}), "naive": (shop["version"], NAIVE)}
+    served_env = {"SHOPREC_SERVING__WORKERS": str(args.workers)}
+    configs = {
+        "served": (served_version, served_env),
+        "unbatched": (served_version, {**served_env, "SHOPREC_SERVING__BATCH_MAX_SIZE": "1"}),
+        "naive": (shop["version"], NAIVE),
+    }
     users = home / "users.txt"
     users.write_text("\n".join(shop["events"]["user_id"].drop_duplicates().astype(str)) + "\n")
     script = home / "recommend.lua"
@@ -147,13 +162,13 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"{args.events} synthetic events, Redis online store, wrk {args.seconds}s per level, loopback")
-    print(f"{'config':8} {'c':>3} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
+    print(f"{'config':9} {'c':>3} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
     for name, r in report["configs"].items():
-        print(f"{name:8} model {r['model_version']}")
+        print(f"{name:9} model {r['model_version']}")
         for lv in r["load"]:
-            print(f"{name:8} {lv['concurrency']:>3} {lv['p50_ms']:>8.2f} {lv['p99_ms']:>8.2f} {lv['rps']:>8.0f} {lv['errors']:>7}")
+            print(f"{name:9} {lv['concurrency']:>3} {lv['p50_ms']:>8.2f} {lv['p99_ms']:>8.2f} {lv['rps']:>8.0f} {lv['errors']:>7}")
         f = r["freshness"]
-        print(f"{name:8} freshness p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms ({f['trials']} events)")
+        print(f"{name:9} freshness p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms ({f['trials']} events)")
 
 
 if __name__ == "__main__":

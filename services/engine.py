@@ -8,10 +8,12 @@ the lake, and is usable in-process.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +22,14 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from services.batching import MicroBatcher
+from services.batching import AsyncBatcher
 from services.catalog import Catalog, Popularity
 from services.guards import Limits, RequestError
 from services.ranking import POPULAR, TRENDING, Rules, excluded_items, explain, top_k, unit_rows
 from services.resilience import ModelHolder, StoreGuard
 from shoprec.config import Settings
 
+log = logging.getLogger(__name__)
 REASON_WINDOW = 20  # history items considered when explaining a pick
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder of models_dir, never a path
 
@@ -45,6 +48,15 @@ class ServedBundle:
     @property
     def version(self) -> str:
         return self.recommender.version
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A /recommend request's share of the batched step."""
+
+    events: list[tuple[str, str]] | None  # (item_id, event_type), oldest first; None: online store unreachable
+    known: list[tuple[int, str]]  # the events whose item the catalog knows, as (catalog index, event_type)
+    scores: np.ndarray | None  # model scores over the catalog; None when nothing is known
 
 
 def load_bundle(version: str, settings: Settings) -> ServedBundle:
@@ -75,7 +87,8 @@ def _production_holder(settings: Settings) -> ModelHolder:
 
 
 class RecommendationEngine:
-    def __init__(self, settings: Settings, features=None, holder: ModelHolder | None = None):
+    def __init__(self, settings: Settings, features=None, holder: ModelHolder | None = None,
+                 on_batch: Callable[[int], None] | None = None):
         self.settings = settings
         self.limits = Limits.from_settings(settings)
         s = settings.serving
@@ -83,9 +96,7 @@ class RecommendationEngine:
         self.features = features  # shoprec.features.online.OnlineFeatures
         self.store = StoreGuard(cooldown_s=s.store_retry_seconds)
         self.holder = holder or _production_holder(settings)
-        self._batcher = (
-            MicroBatcher(self._score_batch, s.batch_max_size, s.batch_max_wait_ms / 1000) if s.batch_max_size > 1 else None
-        )
+        self._batcher = AsyncBatcher(self._look_up_batch, s.batch_max_size, s.batch_max_wait_ms / 1000, on_batch)
         self._text_lock = threading.Lock()
         self._text_cache = None
 
@@ -116,56 +127,75 @@ class RecommendationEngine:
             "online_store_error": self.store.last_error,
         }
 
-    def _score_batch(self, requests: list[tuple[ServedBundle, list[str]]]) -> list[np.ndarray]:
-        """One model call per bundle in the batch (a swap may land between two requests)."""
-        out: list = [None] * len(requests)
-        for bundle in {id(b): b for b, _ in requests}.values():
-            idx = [i for i, (b, _) in enumerate(requests) if b is bundle]
-            for i, scores in zip(idx, bundle.recommender.score([requests[i][1] for i in idx])):
-                out[i] = scores
-        return out
-
-    def _score(self, served: ServedBundle, history: list[str]) -> np.ndarray:
-        if self._batcher is not None:
-            return self._batcher.submit((served, history))
-        return self._score_batch([(served, history)])[0]
-
     # --- recommend ---------------------------------------------------------------
     def recommend(self, user_id: str | None, history: list[str] | None, k: int, exclude_seen: bool = True) -> dict:
+        """A /recommend answer, computed in the calling thread (in-process use)."""
         user_id, history, k = self.limits.check_recommend(user_id, history, k)
         served = self.served()
-        if user_id is not None:
-            events = self._user_events(user_id)
-            if events is None:
-                return self._fallback(served, user_id, [], k, exclude_seen, served.popularity.overall, POPULAR)
-        else:
-            events = [(item, "view") for item in history]
-        catalog = served.catalog
-        known = [(catalog.index[i], t) for i, t in events if i in catalog.index]
-        if not known:
-            return self._fallback(served, user_id, events, k, exclude_seen, served.popularity.trending, TRENDING)
-        sequence = [catalog.item_ids[i] for i, _ in known][-self.settings.features.sequence_length:]
-        scores = self._score(served, sequence)
-        picks = self._rank(served, scores, events, k, exclude_seen)
-        reasons = explain(picks, known[-REASON_WINDOW:], served.unit_embeddings, lambda i: catalog.title(catalog.item_ids[i]))
+        found = self._look_up_batch([(served, user_id, history)])[0]
+        return self._answer(served, user_id, found, k, exclude_seen)
+
+    async def recommend_async(self, user_id: str | None, history: list[str] | None, k: int,
+                              exclude_seen: bool = True) -> dict:
+        """The same answer on the service's event loop: the online-store read and the model
+        call are batched with those of concurrent requests (``AsyncBatcher``)."""
+        user_id, history, k = self.limits.check_recommend(user_id, history, k)
+        served = self.served()
+        found = await self._batcher.submit((served, user_id, history))
+        return self._answer(served, user_id, found, k, exclude_seen)
+
+    def _answer(self, served: ServedBundle, user_id: str | None, found: Lookup, k: int, exclude_seen: bool) -> dict:
+        if found.events is None:  # the online store is unreachable
+            return self._fallback(served, user_id, [], k, exclude_seen, served.popularity.overall, POPULAR)
+        if found.scores is None:  # no history, or none of it in the catalog
+            return self._fallback(served, user_id, found.events, k, exclude_seen, served.popularity.trending, TRENDING)
+        catalog, scores = served.catalog, found.scores
+        picks = self._rank(served, scores, found.events, k, exclude_seen)
+        reasons = explain(picks, found.known[-REASON_WINDOW:], served.unit_embeddings,
+                          lambda i: catalog.title(catalog.item_ids[i]))
         items = [
             {"item_id": catalog.item_ids[i], "score": round(float(scores[i]), 6), "reason": r}
             for i, r in zip(picks, reasons)
         ]
         return {"user_id": user_id, "items": items, "model_version": served.version, "fallback": False}
 
-    def _user_events(self, user_id: str) -> list[tuple[str, str]] | None:
-        """The user's (item_id, event_type) sequence from the online store; None when it is unreachable."""
+    def _look_up_batch(self, requests: list[tuple[ServedBundle, str | None, list[str] | None]]) -> list[Lookup]:
+        """The shared step of concurrent /recommend calls: one online-store read for all their
+        users, then the model; each request is (served bundle, user_id or None, history or None)."""
+        users = list(dict.fromkeys(user for _, user, _ in requests if user is not None))
+        online = self._user_events(users) if users else {}
+        events = [
+            [(item, "view") for item in history] if user is None else (None if online is None else online.get(user, []))
+            for _, user, history in requests
+        ]
+        bundles = [served for served, _, _ in requests]
+        known = [[(b.catalog.index[i], t) for i, t in e or () if i in b.catalog.index] for b, e in zip(bundles, events)]
+        return [Lookup(*found) for found in zip(events, known, self._score_known(bundles, known))]
+
+    def _score_known(self, bundles: list[ServedBundle], known: list[list[tuple[int, str]]]) -> list[np.ndarray | None]:
+        """Scores for the rows with known items (None for the others): one model call per served
+        bundle, since a model swap may land between two requests of a batch."""
+        scores: list[np.ndarray | None] = [None] * len(known)
+        length = self.settings.features.sequence_length
+        for bundle in {id(b): b for b in bundles}.values():
+            rows = [n for n, b in enumerate(bundles) if b is bundle and known[n]]
+            if rows:
+                histories = [[bundle.catalog.item_ids[i] for i, _ in known[n]][-length:] for n in rows]
+                for n, row in zip(rows, bundle.recommender.score(histories)):
+                    scores[n] = row
+        return scores
+
+    def _user_events(self, user_ids: list[str]) -> dict[str, list[tuple[str, str]]] | None:
+        """Each user's (item_id, event_type) sequence from the online store; None when it is unreachable."""
         if self.features is None or not self.store.should_try():
             return None
         try:
-            seq = self.features.user_sequences([user_id])[user_id]
+            events = self.features.recent_events(user_ids)
         except Exception as exc:  # FeatureStoreUnavailable, or a client error Feast lets through
             self.store.failed(exc)
             return None
         self.store.succeeded()
-        types = seq["event_types"] or ["view"] * len(seq["item_ids"])
-        return [(str(i), str(t)) for i, t in zip(seq["item_ids"], types) if i is not None]
+        return events
 
     def _rank(self, served: ServedBundle, scores: np.ndarray, events, k: int, exclude_seen: bool) -> list[int]:
         catalog = served.catalog
@@ -222,6 +252,24 @@ class RecommendationEngine:
             text_emb, _ = self._text_cache.embed([text])
         vector = _project_text(served.recommender, np.asarray(text_emb[0], dtype=np.float32)).reshape(-1)
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+    def warm_up(self) -> None:
+        """Run the request paths once on made-up input before traffic does (imports, first-use
+        costs); writes nothing. Best effort: a failure here only means a slower first request."""
+        from shoprec.validation import validate_event_records
+
+        try:
+            served = self.served()
+            item = served.catalog.item_ids[0]
+            sample = [{"user_id": "warm-up", "item_id": item, "event_type": "view",
+                       "timestamp": pd.Timestamp.now(tz="UTC").isoformat()}]
+            validate_event_records(sample, self.settings, known_items=served.known_items)
+            self._answer(served, None, self._look_up_batch([(served, None, [item])])[0], 10, True)
+            if self.features is not None:
+                self.features.recent_events(["warm-up"])
+                self.features.warm_up(pd.DataFrame(sample))
+        except Exception as exc:  # noqa: BLE001 - never fatal
+            log.warning("warm-up failed (the first requests will be slower): %s", exc)
 
     # --- writes ------------------------------------------------------------------------
     def ingest_events(self, records: list) -> dict:

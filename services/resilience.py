@@ -24,7 +24,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def _settle_heap() -> None:
+def settle_heap() -> None:
     """Collect once, then exempt everything alive (model, catalog, Feast registry) from future
     collections: otherwise a full collection walks millions of long-lived objects in the middle
     of a request (p99 255 ms vs p50 28 ms at concurrency 8 before this)."""
@@ -71,7 +71,7 @@ class ModelHolder(Generic[T]):
                 return self._failed(target, exc)
             self._current, self._version = bundle, target
             self.last_failure = None
-            _settle_heap()
+            settle_heap()
             log.info("now serving model version %s", target)
             return {"status": "swapped", "serving": target}
 

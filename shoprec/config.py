@@ -57,7 +57,8 @@ class FeatureSettings(BaseModel):
 
 class OnlineStoreSettings(BaseModel):
     type: Literal["sqlite", "redis"] = "sqlite"
-    redis_connection_string: str = "127.0.0.1:6379,db=0"
+    # the timeouts bound a hung store: /recommend reads it on the event loop, then falls back
+    redis_connection_string: str = "127.0.0.1:6379,db=0,socket_timeout=1,socket_connect_timeout=1"
     key_ttl_seconds: int | None = None
 
 
@@ -78,11 +79,14 @@ class ServingSettings(BaseModel):
     trending_days: int = 7
     reload_poll_seconds: float = 5.0  # how often the service checks the PRODUCTION pointer
     store_retry_seconds: float = 1.0  # after an online-store failure, serve the fallback this long before retrying
-    batch_max_size: int = 16  # adaptive micro-batching of model calls; <= 1 turns it off
-    batch_max_wait_ms: float = 0.0  # > 0: also wait this long for company (0: batch only what queued up meanwhile)
+    batch_max_size: int = 16  # /recommend: concurrent requests share one store read and model call; 1 turns it off
+    batch_max_wait_ms: float = 0.0  # > 0: also wait this long for company (0: batch only what arrived meanwhile)
     workers: int = 1  # BentoML worker processes (the production profile: one per core)
-    threads: int = 16  # per worker: concurrent requests (BentoML runs sync endpoints one at a time by default)
+    threads: int = 16  # per worker: concurrent requests of the sync endpoints (/recommend runs on the event loop)
     access_log: bool = False  # BentoML's log line per request: ~1.5 ms of a 3 ms answer; /metrics has counts and latencies
+    # BentoML records an OpenTelemetry span per request even with no exporter set: a quarter of
+    # the event loop's time on /recommend. [] traces every path (e.g. once an exporter is set).
+    untraced_paths: list[str] = ["/recommend"]
     torch_threads: int = 1  # per worker: a tiny model per request is fastest single-threaded; concurrency comes from requests
 
 

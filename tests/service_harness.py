@@ -63,7 +63,7 @@ def env_for(home: Path, redis_port: int, **extra: str) -> dict[str, str]:
         "SHOPREC_HOME": str(home),
         "SHOPREC_API_TOKEN": TOKEN,
         "SHOPREC_ONLINE_STORE__TYPE": "redis",
-        "SHOPREC_ONLINE_STORE__REDIS_CONNECTION_STRING": f"127.0.0.1:{redis_port},db=0",
+        "SHOPREC_ONLINE_STORE__REDIS_CONNECTION_STRING": f"127.0.0.1:{redis_port},db=0,socket_timeout=1,socket_connect_timeout=1",
         "SHOPREC_SERVING__RELOAD_POLL_SECONDS": "0.5",
         "BENTOML_HOME": str(home / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
@@ -113,16 +113,20 @@ class Server:
              "--port", str(self.port), "--host", "127.0.0.1"],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        # each worker loads the model on its own: only a run of ready answers (4 per worker,
+        # each on a new connection) says they all serve
+        wanted, ready = 4 * int(self.env.get("SHOPREC_SERVING__WORKERS", "1")), 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}")
             try:
-                if call(self, "GET", "/readyz")[0] == 200:
-                    return self
+                ready = ready + 1 if call(self, "GET", "/readyz")[0] == 200 else 0
             except OSError:
-                pass
-            time.sleep(0.25)
+                ready = 0
+            if ready >= wanted:
+                return self
+            time.sleep(0.25 if ready == 0 else 0.01)
         self.stop()
         raise RuntimeError("the service did not become ready")
 

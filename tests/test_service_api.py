@@ -66,6 +66,34 @@ def test_recommend_for_a_known_user(shop, server):
     assert all(i["reason"].startswith("because you ") for i in body["items"])
 
 
+def test_concurrent_requests_get_the_answers_they_get_alone(shop, server):
+    """Concurrent /recommend calls share one store read and model call (adaptive batching):
+    each must still get exactly its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    users = shop["events"]["user_id"].drop_duplicates().astype(str).tolist()[:24]
+    history = shop["events"]["item_id"].astype(str).tolist()[:3]
+    payloads = [{"user_id": u, "k": 5} for u in users] + [{"history": history, "k": 5}, {"user_id": "nobody-at-all"}]
+    alone = [call(server, "POST", "/recommend", p) for p in payloads]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda p: call(server, "POST", "/recommend", p), payloads))
+    for (status_a, a), (status_t, t) in zip(alone, together):
+        assert status_a == status_t == 200
+        assert (a["user_id"], a["fallback"]) == (t["user_id"], t["fallback"])
+        assert [i["item_id"] for i in a["items"]] == [i["item_id"] for i in t["items"]]
+        assert [i["score"] for i in a["items"]] == pytest.approx([i["score"] for i in t["items"]], abs=1e-4)
+    batches, requests = _batch_metrics(server)
+    assert requests >= 2 * len(payloads) and batches < requests  # some calls were batched
+
+
+def _batch_metrics(server) -> tuple[float, float]:
+    """(batches, requests) of the batch-size histogram on /metrics."""
+    text = call(server, "GET", "/metrics")[1]
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("shoprec_recommend_batch_size_")}
+    return values["shoprec_recommend_batch_size_count"], values["shoprec_recommend_batch_size_sum"]
+
+
 def test_recommend_excludes_seen_items_and_unavailable_ones(shop, server):
     user = known_user(shop)
     seen = set(shop["events"].loc[shop["events"]["user_id"] == user, "item_id"])

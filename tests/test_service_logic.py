@@ -1,5 +1,5 @@
 """Unit tests of the service's pure logic (no server, no model): limits, rules, reasons,
-fallback rankings, model swapping, the store guard, micro-batching, request guards, erasure in the lake."""
+fallback rankings, model swapping, the store guard, adaptive batching, request guards, erasure in the lake."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.batching import MicroBatcher
+from services.batching import AsyncBatcher
 from services.catalog import Catalog, Popularity
 from services.engine import erase_from_lake
 from services.guards import Limits, RequestError, RequestGuard, authorized
@@ -181,30 +181,61 @@ def test_store_guard_skips_then_retries_by_itself():
     assert guard.last_error is None
 
 
-# --- micro-batching -----------------------------------------------------------------------------
-def test_micro_batcher_groups_concurrent_calls_and_keeps_order():
-    calls = []
-
+# --- adaptive batching -------------------------------------------------------------------------
+def _record_doubles(calls):
     def double(batch):
-        calls.append(len(batch))
-        time.sleep(0.01)
+        calls.append(list(batch))
         return [x * 2 for x in batch]
 
-    batcher = MicroBatcher(double, max_batch=8, max_wait_s=0.005)
-    results = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.submit(i))) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5)
-    assert results == {i: i * 2 for i in range(16)}
-    assert max(calls) > 1 and sum(calls) == 16
+    return double
 
 
-def test_micro_batcher_passes_errors_to_every_caller():
-    batcher = MicroBatcher(lambda batch: 1 / 0, max_batch=4, max_wait_s=0.001)
-    with pytest.raises(ZeroDivisionError):
-        batcher.submit(1)
+def test_async_batcher_groups_concurrent_calls_and_keeps_order():
+    calls, sizes = [], []
+
+    async def main():
+        batcher = AsyncBatcher(_record_doubles(calls), max_batch=8, on_batch=sizes.append)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+
+    assert asyncio.run(main()) == [i * 2 for i in range(20)]
+    assert [len(c) for c in calls] == sizes == [8, 8, 4]
+    assert [x for c in calls for x in c] == list(range(20))
+
+
+def test_async_batcher_runs_a_lone_request_at_once():
+    calls = []
+
+    async def main():
+        batcher = AsyncBatcher(_record_doubles(calls), max_batch=8)
+        return [await batcher.submit(1), await batcher.submit(2)]
+
+    assert asyncio.run(main()) == [2, 4]
+    assert calls == [[1], [2]]
+
+
+def test_async_batcher_passes_errors_to_every_caller_and_goes_on():
+    async def main():
+        batcher = AsyncBatcher(lambda batch: [1 / x for x in batch], max_batch=4)
+        failed = await asyncio.gather(*(batcher.submit(x) for x in (1, 0, 2)), return_exceptions=True)
+        return failed, await batcher.submit(4)
+
+    failed, after = asyncio.run(main())
+    assert all(isinstance(f, ZeroDivisionError) for f in failed)
+    assert after == 0.25
+
+
+def test_async_batcher_skips_callers_that_went_away():
+    calls = []
+
+    async def main():
+        batcher = AsyncBatcher(_record_doubles(calls), max_batch=8)
+        gone, staying = (asyncio.ensure_future(batcher.submit(x)) for x in (1, 2))
+        await asyncio.sleep(0)  # both are queued
+        gone.cancel()
+        return await staying
+
+    assert asyncio.run(main()) == 4
+    assert calls == [[2]]
 
 
 # --- request guard (ASGI) ---------------------------------------------------------------------

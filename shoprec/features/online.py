@@ -30,6 +30,7 @@ from shoprec.schema import REQUIRED_EVENT_COLUMNS, SchemaError, conform_events
 
 PUSH_SOURCE = "user_events_push"
 SEQUENCE_REFS = [f"user_recent_items:{c}" for c in SEQUENCE_COLUMNS]
+EVENT_REFS = ["user_recent_items:item_ids", "user_recent_items:event_types"]  # what serving needs
 ITEM_REFS = [f"item_stats:{c}" for c in ("price", "available", "popularity_1d", "popularity_7d", "popularity_30d")]
 LOCK_BUCKETS = 64  # users share lock files: a bounded number of files, rare contention
 LOCK_TIMEOUT_S = 10
@@ -62,7 +63,18 @@ class OnlineFeatures:
     # --- reads ----------------------------------------------------------------
     def recent_items(self, user_ids: list[str]) -> dict[str, list[str]]:
         """Item ids of each user's sequence, oldest first; an unknown user gets []."""
-        return {u: seq["item_ids"] for u, seq in self.user_sequences(user_ids).items()}
+        return {u: [i for i, _ in events] for u, events in self.recent_events(user_ids).items()}
+
+    def recent_events(self, user_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+        """Each user's (item_id, event_type) pairs, oldest first: the serving read, without
+        the timestamps (converting them costs a third of the read)."""
+        rows = self.features(EVENT_REFS, "user_id", user_ids)
+        out = {}
+        for user, row in rows.items():
+            items = row["item_ids"] or []
+            types = row["event_types"] or ["view"] * len(items)
+            out[user] = [(str(i), str(t)) for i, t in zip(items, types) if i is not None]
+        return out
 
     def user_sequences(self, user_ids: list[str]) -> dict[str, dict]:
         """Each user's item_ids, event_types and timestamps (UTC), oldest first."""
@@ -113,6 +125,13 @@ class OnlineFeatures:
                         self.store.write_to_online_store(view, row)
                 except _unavailable_errors() as exc:
                     raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
+
+    def warm_up(self, sample: pd.DataFrame) -> None:
+        """Pay a push's first-call costs (registry listings, pandas paths) on ``sample`` events
+        without writing anything: the first event after a start took 80 ms instead of 30."""
+        self._check_events(sample)
+        self._check_refs(SEQUENCE_REFS + EVENT_REFS)
+        self._views_fed_by_push()
 
     def _views_fed_by_push(self) -> list[str]:
         """The feature views whose stream source is ``user_events_push``: what ``store.push`` writes.
