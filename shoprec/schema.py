@@ -98,7 +98,7 @@ def conform_events(df: pd.DataFrame) -> pd.DataFrame:
     extra = [c for c in df.columns if c not in EVENT_COLUMNS]
     if extra:
         raise SchemaError(f"events have unexpected column(s): {', '.join(map(str, extra))}")
-    out = pd.DataFrame(index=df.index)
+    out = {}  # one frame built at the end: inserting columns one by one was 40% of a 1-event push's check
     for col, dtype in EVENT_COLUMNS.items():
         if col not in df.columns:
             out[col] = pd.Series(pd.NA, index=df.index, dtype=dtype)
@@ -111,7 +111,7 @@ def conform_events(df: pd.DataFrame) -> pd.DataFrame:
             out[col] = ts.dt.tz_convert("UTC") if _is_tz_datetime(ts) else to_utc(ts)
         else:
             out[col] = pd.to_numeric(df[col], errors="coerce").astype(dtype)
-    return out.reset_index(drop=True)
+    return pd.DataFrame(out, index=df.index).reset_index(drop=True)
 
 
 def conform_items(df: pd.DataFrame) -> pd.DataFrame:
