@@ -264,7 +264,7 @@ class RecommendationEngine:
             sample = [{"user_id": "warm-up", "item_id": item, "event_type": "view",
                        "timestamp": pd.Timestamp.now(tz="UTC").isoformat()}]
             validate_event_records(sample, self.settings, known_items=served.known_items)
-            self._answer(served, None, self._look_up_batch([(served, None, [item])])[0], 10, True)
+            self.recommend(None, [item], 10)
             if self.features is not None:
                 self.features.recent_events(["warm-up"])
                 self.features.warm_up(pd.DataFrame(sample))

@@ -130,7 +130,7 @@ class OnlineFeatures:
         """Pay a push's first-call costs (registry listings, pandas paths) on ``sample`` events
         without writing anything: the first event after a start took 80 ms instead of 30."""
         self._check_events(sample)
-        self._check_refs(SEQUENCE_REFS + EVENT_REFS)
+        self._check_refs(SEQUENCE_REFS)
         self._views_fed_by_push()
 
     def _views_fed_by_push(self) -> list[str]:
