@@ -1,29 +1,37 @@
-"""One typed configuration for every part of ShopRec.
+"""One typed configuration for every part of ShopRec, and the only reader of the environment.
 
 Precedence (highest first): keyword overrides, environment variables
-(``SHOPREC_*``, nested with ``__``, e.g. ``SHOPREC_ONLINE_STORE__TYPE=redis``),
-the profile's YAML (``shoprec/profiles/<profile>.yaml``), the defaults below.
-The profile is picked with ``SHOPREC_PROFILE`` (``local`` by default).
+(``SHOPREC_*``, nested with ``__``, e.g. ``SHOPREC_ONLINE_STORE__TYPE=redis``; a whole
+section may also be one JSON value, e.g. ``SHOPREC_TRAINING='{"preset": "quick"}'``),
+the deployment profile's YAML (``shoprec/profiles/<profile>.yaml``), the defaults below.
+The profile (``local`` or ``production``) is picked with ``SHOPREC_PROFILE``.
+
+The model's hyperparameters are a typed section too: ``settings.hyperparameters`` is the
+model's YAML beside its code (``training/models/<model>.yaml``), its ``training.preset``
+(quick or full) and ``training.overrides``, checked field by field.
 
 Every path a run writes is derived from ``home`` (``SHOPREC_HOME``), so deleting
-that folder resets the system and a test can isolate itself in a temp dir.
+that folder resets the system and a test can isolate itself in a temp dir. A child
+process (Airflow, ``bentoml serve``) gets these exact settings through ``child_env``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 FEATURE_REPO_DIR = REPO_ROOT / "feature_repo"
+MODELS_CODE_DIR = REPO_ROOT / "training" / "models"  # <model>.py beside its <model>.yaml
 
 CORE_EVENT_TYPES = ("view", "add_to_cart", "purchase")
 
@@ -90,11 +98,91 @@ class ServingSettings(BaseModel):
     torch_threads: int = 1  # per worker: a tiny model per request is fastest single-threaded; concurrency comes from requests
 
 
+class Hyperparameters(BaseModel):
+    """A model's hyperparameters: ``training/models/<model>.yaml`` (its ``defaults`` and one preset)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "sasrec"
+    hidden: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    inner: int = Field(256, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    attn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    max_len: int = Field(50, ge=1)
+    use_text: bool = True  # fuse the MiniLM item-text projection into the item table when text exists
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(200, ge=0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    negatives: int = Field(0, ge=0)  # 0: full softmax over the catalog; N: sampled softmax with N shared negatives
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(10, ge=1)  # evaluations without a better validation NDCG@10 before stopping
+    eval_every: int = Field(1, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    seed: int = 42
+    warm_start_epochs: int = Field(5, ge=1)
+    warm_start_lr: float = Field(5e-4, gt=0.0)
+
+    def architecture(self) -> dict[str, Any]:
+        """The part of the hyperparameters that shapes the network (the model's config.json)."""
+        keys = ("model", "hidden", "layers", "heads", "inner", "dropout", "attn_dropout", "max_len")
+        return {key: getattr(self, key) for key in keys}
+
+
+def load_hyperparameters(model: str, preset: str = "full", overrides: dict[str, Any] | None = None) -> Hyperparameters:
+    """``training/models/<model>.yaml``: its ``defaults``, then the ``preset`` section, then ``overrides``."""
+    path = MODELS_CODE_DIR / f"{model}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in MODELS_CODE_DIR.glob("*.yaml"))
+        raise ValueError(f"unknown model {model!r}; known models: {', '.join(known)}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    presets = spec.get("presets", {})
+    if preset not in presets:
+        raise ValueError(f"model {model!r} has no preset {preset!r}; known: {', '.join(presets)}")
+    unknown = sorted(set(overrides or {}) - set(Hyperparameters.model_fields))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(Hyperparameters.model_fields)}")
+    return Hyperparameters(**{**spec.get("defaults", {}), **presets[preset], **(overrides or {})})
+
+
 class TrainingSettings(BaseModel):
     model: str = "sasrec"
-    profile: Literal["quick", "full"] = "full"
+    preset: Literal["quick", "full"] = "full"  # the hyperparameter preset of the model's YAML
+    overrides: dict[str, Any] = Field(default_factory=dict)  # hyperparameters on top of the preset
     device: str = "auto"
     num_threads: int = 0  # 0 = all cores
+
+
+class CompressionSettings(BaseModel):
+    """How ``shoprec compress`` and the training DAG build, measure and gate compressed variants.
+
+    The defaults size the latency benchmark for a pipeline run; the compression report
+    benchmark asks for more rounds."""
+
+    prune_amount: float = Field(0.5, gt=0.0, lt=1.0)
+    prune_epochs: int = Field(1, ge=0)
+    distill_hidden: int = Field(32, ge=1)
+    distill_layers: int = Field(1, ge=1)
+    distill_epochs: int = Field(5, ge=0)
+    rounds_b1: int = Field(50, ge=1)
+    rounds_b32: int = Field(10, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    # the gate, each variant against the folded FP32 model (same scores, the honest baseline)
+    max_ndcg_drop: float = Field(0.02, ge=0.0)  # relative
+    min_size_ratio: float = Field(1.0, gt=0.0)  # folded size / variant size
+    min_speedup: float = Field(1.5, gt=0.0)  # folded batch-1 p50 / variant batch-1 p50
+
+
+class PromotionSettings(BaseModel):
+    """The champion/challenger policy of the training DAG."""
+
+    min_new_events_for_training: int = 1  # an asset-triggered training run skips below this
+    holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # the newest share of events (by time) both models are judged on
+    max_ndcg_drop_vs_champion: float = Field(0.0, ge=0.0)  # relative; 0 = the challenger must be at least as good
+    latency_budget_ms: float = Field(100.0, gt=0.0)  # batch-1 p50 of the model that would be served
 
 
 class AirflowSettings(BaseModel):
@@ -105,11 +193,6 @@ class AirflowSettings(BaseModel):
     retry_delay_seconds: float = 30.0  # doubles each try (exponential back-off)
     task_timeout_minutes: float = 60.0
     alert_webhook_url: str = ""  # SHOPREC_AIRFLOW__ALERT_WEBHOOK_URL: POSTed a JSON alert on task failure
-    min_new_events_for_training: int = 1  # an asset-triggered training run skips below this
-    # champion/challenger gate of the training DAG
-    holdout_fraction: float = 0.1  # the newest share of events (by time) both models are judged on
-    max_ndcg_drop_vs_champion: float = 0.0  # relative; 0 = the challenger must be at least as good
-    latency_budget_ms: float = 100.0  # batch-1 p50 of the model that would be served
     service_url: str = ""  # the running recommender the deploy task hot-swaps; "" = localhost:serving.port
 
 
@@ -129,6 +212,8 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     training: TrainingSettings = TrainingSettings()
+    compression: CompressionSettings = CompressionSettings()
+    promotion: PromotionSettings = PromotionSettings()
     airflow: AirflowSettings = AirflowSettings()
 
     @classmethod
@@ -141,6 +226,26 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _ProfileSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _hyperparameters_resolve(self) -> "Settings":
+        self.hyperparameters  # a wrong preset or override fails here, not in the middle of a run
+        return self
+
+    @cached_property
+    def hyperparameters(self) -> Hyperparameters:
+        """The model's YAML (``training.model``), its ``training.preset``, then ``training.overrides``."""
+        t = self.training
+        return load_hyperparameters(t.model, t.preset, t.overrides)
+
+    def with_overrides(self, **sections: dict[str, Any]) -> "Settings":
+        """A copy with some fields of some sections replaced, validated like any settings,
+        e.g. ``settings.with_overrides(training={"preset": "quick"})``."""
+        data = self.model_dump()
+        for name, values in sections.items():
+            current = data.get(name)
+            data[name] = {**current, **values} if isinstance(current, dict) and isinstance(values, dict) else values
+        return Settings(**data)
 
     # --- derived state layout -------------------------------------------------
     @cached_property
@@ -209,3 +314,18 @@ class _ProfileSource(PydanticBaseSettingsSource):
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings for this process (profile YAML + environment + overrides)."""
     return Settings(**overrides)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``SHOPREC_*`` variables under which another process loads exactly ``settings``."""
+    data = settings.model_dump(mode="json")
+    env = {"SHOPREC_PROFILE": settings.profile}
+    for name, value in data.items():
+        env[f"SHOPREC_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a child process (Airflow, ``bentoml serve``, the feast CLI): this
+    process's environment, ``settings`` as ``SHOPREC_*`` variables, then ``extra``."""
+    return {**os.environ, **settings_env(settings), "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true", **extra}
