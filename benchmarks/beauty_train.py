@@ -2,7 +2,10 @@
 full-ranking protocol, evaluate it with our baselines, and write the results table
 (ours, baselines, published rows) as Markdown + JSON and two PNG plots.
 
-    python benchmarks/beauty_train.py [--out DIR] [--profile full] [--no-text] [--set key=value ...]
+    python benchmarks/beauty_train.py [--out DIR] [--preset full] [--no-text] [--set key=value ...]
+
+The hyperparameters are the settings' (``training/models/sasrec.yaml``, the chosen preset,
+then ``--set`` overrides); an unknown key fails before anything is trained.
 """
 
 from __future__ import annotations
@@ -12,7 +15,12 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shoprec.config import Settings, load_settings  # noqa: E402  (after the repo is on the path)
+from training.pipeline import train_version  # noqa: E402
 
 PUBLISHED = [  # HR@10, NDCG@10 on this exact file, full ranking (amazon-beauty/README.md)
     ("popularity (S3-Rec paper)", 0.0152, 0.0068),
@@ -27,9 +35,23 @@ COLUMNS = ["HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "coverage@1
 
 
 def parse_value(text: str):
-    import yaml
-
     return yaml.safe_load(text)
+
+
+def parse_overrides(assignments: list[str], no_text: bool) -> dict:
+    """``--set key=value`` (values parsed as YAML) and ``--no-text`` as hyperparameter overrides."""
+    malformed = [a for a in assignments if "=" not in a]
+    if malformed:
+        raise SystemExit(f"--set takes KEY=VALUE, got {', '.join(malformed)}")
+    overrides = {k: parse_value(v) for k, v in (a.split("=", 1) for a in assignments)}
+    if no_text:
+        overrides["use_text"] = False
+    return overrides
+
+
+def benchmark_settings(base: Settings, preset: str, overrides: dict) -> Settings:
+    """``base`` with this run's preset and overrides on top of the configured ones."""
+    return base.with_overrides(training={"preset": preset, "overrides": {**base.training.overrides, **overrides}})
 
 
 def results_table(report: dict, name: str) -> list[dict]:
@@ -48,6 +70,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plots(report: dict, rows: list[dict], out: Path) -> None:
+    # here, not at the top: the backend must be chosen before pyplot is imported
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,21 +101,16 @@ def plots(report: dict, rows: list[dict], out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: settings.reports_dir)")
-    parser.add_argument("--profile", default="full")
+    parser.add_argument("--preset", "--profile", dest="preset", default="full", choices=["full", "quick"],
+                        help="hyperparameter preset of training/models/sasrec.yaml (--profile: the old name)")
     parser.add_argument("--no-text", action="store_true", help="ID-only model (no MiniLM text)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter")
     args = parser.parse_args()
 
-    from shoprec.config import load_settings
-    from training.pipeline import train_version
-
-    settings = load_settings()
-    overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
-    if args.no_text:
-        overrides["use_text"] = False
-    version, report = train_version(settings, data="beauty", protocol="loo", profile=args.profile,
-                                    overrides=overrides, checkpoint=True)  # an interrupted run resumes
-    name = "sasrec" + ("" if args.no_text else " + MiniLM text")
+    overrides = parse_overrides(args.set, args.no_text)
+    settings = benchmark_settings(load_settings(), args.preset, overrides)
+    version, report = train_version(settings, data="beauty", protocol="loo", checkpoint=True)  # an interrupted run resumes
+    name = "sasrec" + (" + MiniLM text" if settings.hyperparameters.use_text else "")
     rows = results_table(report, name)
     out = args.out or settings.reports_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -100,10 +118,11 @@ def main() -> None:
     table = markdown(rows)
     summary = (f"model version {version}; epochs {training['epochs']} (best {training['best_epoch']}), "
                f"training {training['train_seconds']:.0f} s ({training['seconds_per_epoch']:.1f} s/epoch), "
-               f"whole run {training['wall_seconds']:.0f} s on {training['device']}; overrides {overrides}")
+               f"whole run {training['wall_seconds']:.0f} s on {training['device']}; preset {args.preset}, overrides {overrides}")
     (out / "beauty_results.md").write_text(f"# Amazon Beauty, leave-one-out, full ranking\n\n{table}\n\n{summary}\n")
-    (out / "beauty_results.json").write_text(json.dumps({"version": version, "overrides": overrides, "rows": rows,
-                                                         "report": report}, indent=2, default=str))
+    (out / "beauty_results.json").write_text(json.dumps({"version": version, "preset": args.preset, "overrides": overrides,
+                                                         "hyperparameters": settings.hyperparameters.model_dump(),
+                                                         "rows": rows, "report": report}, indent=2, default=str))
     plots(report, rows, out)
     print(table)
     print(summary)

@@ -4,7 +4,8 @@
 
 Uses its own SHOPREC_HOME under a temp dir, Redis db 8 and PostgreSQL database
 shoprec_bench (both emptied at the end). "Everything the model needs" for one user
-= user_recent_items (3 lists) + user_stats (6 features).
+= user_recent_items (3 lists); what /recommend then reads for its candidates = item_stats
+availability and price of 15 items (k=10 plus prefetch).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import redis
+from sqlalchemy import create_engine, text
 
 from shoprec import lake
 from shoprec.adapters import read_batch
@@ -26,9 +29,8 @@ from shoprec.features.online import OnlineFeatures
 
 REDIS = "127.0.0.1:6379,db=8"
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/shoprec_bench"
-MODEL_INPUTS = [f"user_recent_items:{c}" for c in ("item_ids", "event_types", "timestamps")] + [
-    f"user_stats:{c}" for c in ("n_events", "n_view", "n_add_to_cart", "n_purchase", "last_activity", "preferred_categories")
-]
+MODEL_INPUTS = [f"user_recent_items:{c}" for c in ("item_ids", "event_types", "timestamps")]
+CANDIDATES = 15  # items whose state one /recommend answer reads (k=10 plus prefetch)
 
 
 def settings_for(backend: str, home: Path):
@@ -79,9 +81,7 @@ def build_without_text(s):
     events, items = tables.all_events(s), lake.read_items(s.lake_dir)
     frames = {
         "user_recent_items": tables.sequence_snapshots(events, s.features.sequence_length),
-        "user_stats": tables.user_stats(events, items),
         "item_stats": tables.item_stats(events, items, s),
-        "item_text_embedding": pd.DataFrame({"item_id": items["item_id"], "embedding": [np.zeros(384, np.float32)] * len(items), "event_timestamp": tables.static_time(s)}),
     }
     for name, frame in frames.items():
         tables.write_table(frame, tables.table_path(s, name))
@@ -100,6 +100,17 @@ def read_latency(s, users: list[str], n_users: int, reads: int) -> str:
     return percentiles(samples)
 
 
+def item_state_latency(s, items: list[str], reads: int) -> str:
+    online = OnlineFeatures(s)
+    samples = []
+    for k in range(reads):
+        batch = [items[(k * CANDIDATES + j) % len(items)] for j in range(CANDIDATES)]
+        t = time.perf_counter()
+        online.item_states(batch)
+        samples.append(time.perf_counter() - t)
+    return percentiles(samples)
+
+
 def push_latency(s, pushes: int) -> str:
     online = OnlineFeatures(s)
     samples = []
@@ -114,9 +125,6 @@ def push_latency(s, pushes: int) -> str:
 
 
 def cleanup() -> None:
-    import redis
-    from sqlalchemy import create_engine, text
-
     redis.Redis(host="127.0.0.1", port=6379, db=8).flushdb()
     engine = create_engine(PG.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
@@ -142,10 +150,12 @@ def main() -> None:
             print(f"== {name}")
             batch = load()
             users = sorted(batch.events["user_id"].unique())
+            items = sorted(batch.items["item_id"].unique())
             for backend in ("sqlite", "redis"):
                 s = prepare(batch, backend, root / f"{name}-{backend}", skip_text)
                 print(f"  [{backend}] read 1 user  x {args.reads}: {read_latency(s, users, 1, args.reads)}")
                 print(f"  [{backend}] read {args.users} users x {args.reads // 5}: {read_latency(s, users, args.users, args.reads // 5)}")
+                print(f"  [{backend}] item state of {CANDIDATES} items x {args.reads}: {item_state_latency(s, items, args.reads)}")
                 print(f"  [{backend}] push -> visible x {args.pushes}: {push_latency(s, args.pushes)}")
             cleanup()
     finally:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -36,8 +35,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shoprec.config import load_settings  # noqa: E402
-from tests.service_harness import TOKEN, RedisServer, Server, call, env_for, prepare_shop  # noqa: E402
+from shoprec.config import Settings  # noqa: E402  (after the repo is on the path)
+from tests.service_harness import TOKEN, RedisServer, Server, call, env_for, prepare_shop, shop_settings  # noqa: E402
+from training.artifact import load_recommender  # noqa: E402
+from training.compression.folding import fold_text_tower  # noqa: E402
+from training.compression.onnx_export import onnx_fp32, onnx_int8  # noqa: E402
+from training.compression.quantization import dynamic_int8  # noqa: E402
+from training.compression.variant import save_variant  # noqa: E402
 from training.registry import promote  # noqa: E402
 
 LUA = """
@@ -55,16 +59,8 @@ end
 NAIVE = {"SHOPREC_SERVING__BATCH_MAX_SIZE": "1", "SHOPREC_SERVING__WORKERS": "1"}
 
 
-def compressed_variant(version: str, method: str) -> str:
+def compressed_variant(settings: Settings, version: str, method: str) -> str:
     """Save the ``method`` variant (training.compression) of ``version``; returns the variant version."""
-    from shoprec.config import load_settings
-    from training.artifact import load_recommender
-    from training.compression.folding import fold_text_tower
-    from training.compression.onnx_export import onnx_fp32, onnx_int8
-    from training.compression.quantization import dynamic_int8
-    from training.compression.variant import save_variant
-
-    settings = load_settings()
     parent = load_recommender(version, settings)
     folded = fold_text_tower(parent.torch_model)
     with tempfile.TemporaryDirectory() as work:
@@ -129,9 +125,9 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="shoprec-bench-"))
     redis = RedisServer(home / "redis").start()
     env = env_for(home, redis.port, SHOPREC_SERVING__RELOAD_POLL_SECONDS="60")
-    os.environ.update(env)
-    shop = prepare_shop(args.events)
-    served_version = shop["version"] if args.variant == "none" else compressed_variant(shop["version"], args.variant)
+    settings = shop_settings(home, redis.port)
+    shop = prepare_shop(args.events, settings=settings)
+    served_version = shop["version"] if args.variant == "none" else compressed_variant(settings, shop["version"], args.variant)
     served_env = {"SHOPREC_SERVING__WORKERS": str(args.workers)}
     configs = {
         "served": (served_version, served_env),
@@ -145,7 +141,7 @@ def main() -> None:
     report = {"events": args.events, "seconds": args.seconds, "configs": {}}
     try:
         for name, (version, extra) in configs.items():
-            promote(version, load_settings())
+            promote(version, settings)
             server = Server({**env, **extra}, log_path=home / f"serve-{name}.log").start()
             try:
                 assert call(server, "GET", "/model")[1]["model_version"] == version

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shoprec.airflow_env import start_airflow, stop_process_group, ui_url, wait_until_healthy  # noqa: E402
+from entrypoints.airflow_env import start_airflow, ui_url, wait_until_healthy  # noqa: E402
+from entrypoints.processes import stop_process_group  # noqa: E402
 from shoprec.config import REPO_ROOT, load_settings  # noqa: E402
 
 DAG_IDS = ("shoprec_features", "shoprec_training")
@@ -57,8 +57,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "airflow-ui.png")
     args = parser.parse_args()
     settings = load_settings()
-    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
-    airflow = start_airflow(settings, settings.reports_dir / "airflow-ui-screenshot.log")
+    airflow = start_airflow(settings, settings.reports_dir / "airflow-ui-screenshot.log",
+                            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True")
     try:
         wait_until_healthy(settings, timeout_seconds=180)
         base = ui_url(settings)

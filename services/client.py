@@ -2,10 +2,10 @@
 
 ``reload_service`` asks the running service to load a version now (instead of waiting
 for its pointer watcher); ``smoke_test`` checks it serves that version and answers.
-``deploy`` and ``verify_deployment`` are those steps for a released version: when one
-fails, production goes back to the version it replaced, so a version the service cannot
-serve never stays production. The service is at ``http://127.0.0.1:<settings.serving.port>``
-unless ``url`` is given.
+``deploy`` and ``verify_deployment`` are those steps for a just promoted version: when one
+fails, production goes back, through ``training.registry.rollback``, to the version it
+replaced, so a version the service cannot serve never stays production. The service is
+at ``http://127.0.0.1:<settings.serving.port>`` unless ``url`` is given.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 
 from shoprec.config import Settings
+from training.registry import production_version, rollback
 
 
 class ServiceError(RuntimeError):
@@ -73,29 +74,31 @@ def smoke_test(settings: Settings, expect_version: str, url: str | None = None) 
     return {"model_version": expect_version, "items": len(answer["items"]), "fallback": answer["fallback"]}
 
 
-def _rolled_back(settings: Settings, released: dict, error: ServiceError) -> ServiceError:
-    """Point production back at the version ``released`` replaced (if any); the error, with what was done."""
-    from training.registry import POINTER, promote
+def _rolled_back(settings: Settings, version: str, error: ServiceError) -> ServiceError:
+    """Undo the promotion of ``version`` through the registry (back to the production version
+    it replaced, or none); the error, with what was done. A version someone promoted since is
+    left alone."""
+    current = production_version(settings)
+    if current != version:
+        return ServiceError(f"{error}; production is {current}, not {version}: nothing rolled back")
+    rollback(settings)
+    restored = production_version(settings)
+    if restored:
+        return ServiceError(f"{error}; production rolled back to {restored}")
+    return ServiceError(f"{error}; production cleared (there was no earlier production version)")
 
-    previous = released.get("previous")
-    if previous:
-        promote(previous, settings)
-        return ServiceError(f"{error}; production rolled back to {previous}")
-    (settings.models_dir / POINTER).unlink(missing_ok=True)
-    return ServiceError(f"{error}; production pointer removed (there was no earlier version)")
 
-
-def deploy(settings: Settings, released: dict, url: str | None = None) -> dict:
-    """Hot-swap the service to ``released['version']`` (a ``services.registry.release`` result)."""
+def deploy(settings: Settings, version: str, url: str | None = None) -> dict:
+    """Hot-swap the service to ``version`` (just promoted), rolling production back if it fails."""
     try:
-        return reload_service(settings, released["version"], url)
+        return reload_service(settings, version, url)
     except ServiceError as error:
-        raise _rolled_back(settings, released, error) from error
+        raise _rolled_back(settings, version, error) from error
 
 
-def verify_deployment(settings: Settings, released: dict, url: str | None = None) -> dict:
-    """``smoke_test`` of the released version, rolling production back if it fails."""
+def verify_deployment(settings: Settings, version: str, url: str | None = None) -> dict:
+    """``smoke_test`` of ``version`` (just promoted and deployed), rolling production back if it fails."""
     try:
-        return smoke_test(settings, released["version"], url)
+        return smoke_test(settings, version, url)
     except ServiceError as error:
-        raise _rolled_back(settings, released, error) from error
+        raise _rolled_back(settings, version, error) from error

@@ -1,7 +1,8 @@
 """Refusing bad requests: limits on what a request may ask for, and an ASGI guard in front.
 
-- ``Limits``: k, history length, id length, events per request; refused with
-  ``RequestError`` (422 by default) and a message that says why.
+- ``Limits``: k, history length, events per request, text length; refused with
+  ``RequestError`` (422 by default) and a message that says why. Ids are checked with the
+  id rules of ``shoprec.validation`` (the same definition the batch gate and /events use).
 - ``RequestGuard`` (plain ASGI middleware, testable with a fake app), before anything
   parses the body: writes (``/events``, ``/admin/...``) need
   ``Authorization: Bearer <token>`` (no token configured means no writes at all: 401,
@@ -17,6 +18,7 @@ import json
 from dataclasses import dataclass
 
 from shoprec.config import Settings
+from shoprec.validation import check_id, id_rules
 
 PROTECTED_PREFIXES = ("/events", "/admin/")
 
@@ -57,15 +59,13 @@ class Limits:
         )
 
     def check_id(self, value: object, field: str) -> str:
-        if not isinstance(value, str):
+        """A request's id (``field`` names it in the message), stripped; RequestError if a rule refuses it."""
+        if not isinstance(value, str):  # JSON numbers are not ids here, unlike in an event record
             raise RequestError(f"{field} must be a string")
-        if not value.strip():
-            raise RequestError(f"{field} must not be empty")
-        if len(value) > self.max_id_length:
-            raise RequestError(f"{field} is longer than {self.max_id_length} characters")
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise RequestError(f"{field} contains control characters")
-        return value.strip()
+        cleaned, errors = check_id(value, id_rules(field, self.max_id_length))
+        if errors:
+            raise RequestError("; ".join(errors))
+        return cleaned
 
     def check_text(self, text: object) -> str:
         if not isinstance(text, str) or not text.strip():

@@ -45,6 +45,49 @@ def excluded_items(history: list[tuple[str, str]], exclude: str, exclude_seen: b
     return {item for item, event_type in history if event_type == PURCHASE}
 
 
+def best_first(scores: np.ndarray, banned: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` best scores that are not ``banned``, best first (equal scores by index;
+    which of several equal scores at the cut-off gets in is up to argpartition, the same for the same input)."""
+    count = min(count, int((~banned).sum()))
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    # in the scores' own float type: a float64 copy of 100,000 float32 scores costs double
+    masked = np.array(scores, dtype=np.result_type(scores.dtype, np.float32), copy=True)
+    masked[banned] = -np.inf
+    cut = len(masked) - count
+    part = np.argpartition(masked, cut)[cut:] if cut > 0 else np.arange(len(masked))
+    return part[np.lexsort((part, -masked[part]))]
+
+
+def walk(order: np.ndarray, k: int, skip: Callable[[int], bool] = lambda i: False,
+         categories: np.ndarray | None = None, max_per_category: int = 0) -> tuple[list[int], int]:
+    """Pick up to ``k`` items from ``order`` (best first): not ``skip``-ped, at most
+    ``max_per_category`` per category (items without a category, None, are not capped).
+
+    Returns (picks, how many items of ``order`` were looked at). The walk is greedy in
+    order, so picks made within a prefix of the full ranking are the full ranking's picks."""
+    picked: list[int] = []
+    per_category: Counter = Counter()
+    looked = 0
+    for idx in order.tolist():
+        looked += 1
+        if skip(idx):
+            continue
+        if max_per_category and categories is not None and categories[idx] is not None:
+            if per_category[categories[idx]] >= max_per_category:
+                continue
+            per_category[categories[idx]] += 1
+        picked.append(idx)
+        if len(picked) == k:
+            break
+    return picked, looked
+
+
+def search_depth(k: int, max_per_category: int) -> int:
+    """How many best-first candidates a walk starts with: enough for a category cap to skip some."""
+    return k if not max_per_category else k * 4 + 16
+
+
 def top_k(
     scores: np.ndarray,
     k: int,
@@ -58,35 +101,13 @@ def top_k(
     ``banned`` is a boolean mask (True = never recommend). Items without a category
     (None) are not capped.
     """
-    masked = np.where(banned, -np.inf, scores.astype(np.float64, copy=False))
     allowed = int((~banned).sum())
-    if allowed == 0:
-        return []
-    # enough candidates for the cap to skip some; widen the search if not
-    want = min(allowed, k if not max_per_category else k * 4 + 16)
+    depth = min(allowed, search_depth(k, max_per_category))
     while True:
-        part = np.argpartition(-masked, want - 1)[:want] if want < len(masked) else np.arange(len(masked))
-        order = part[np.argsort(-masked[part], kind="stable")]
-        picked = _apply_cap(order, masked, k, categories, max_per_category)
-        if len(picked) == k or want >= allowed:
+        picked, _ = walk(best_first(scores, banned, depth), k, categories=categories, max_per_category=max_per_category)
+        if len(picked) == k or depth >= allowed:
             return picked
-        want = min(allowed, want * 4)
-
-
-def _apply_cap(order, masked, k, categories, max_per_category) -> list[int]:
-    picked: list[int] = []
-    per_category: Counter = Counter()
-    for idx in order:
-        if masked[idx] == -np.inf:
-            break
-        if max_per_category and categories is not None and categories[idx] is not None:
-            if per_category[categories[idx]] >= max_per_category:
-                continue
-            per_category[categories[idx]] += 1
-        picked.append(int(idx))
-        if len(picked) == k:
-            break
-    return picked
+        depth = min(allowed, depth * 4)
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:

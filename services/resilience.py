@@ -18,7 +18,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from dataclasses import asdict, dataclass
+from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -34,6 +35,18 @@ def settle_heap() -> None:
 
 def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """What a refresh did (POST /admin/reload answers it)."""
+
+    status: Literal["swapped", "unchanged", "failed", "no production version"]
+    serving: str | None  # the version serving after it
+    failure: dict | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None or k == "serving"}
 
 
 class ModelHolder(Generic[T]):
@@ -54,7 +67,7 @@ class ModelHolder(Generic[T]):
     def version(self) -> str | None:
         return self._version
 
-    def refresh(self, version: str | None = None) -> dict:
+    def refresh(self, version: str | None = None) -> Refresh:
         """Load ``version`` (default: the production pointer) if it is not the one serving."""
         with self._refresh_lock:
             try:
@@ -62,9 +75,9 @@ class ModelHolder(Generic[T]):
             except Exception as exc:  # an unreadable pointer must not stop serving either
                 return self._failed(None, exc)
             if target is None:
-                return {"status": "no production version", "serving": self._version}
+                return Refresh("no production version", self._version)
             if target == self._version:
-                return {"status": "unchanged", "serving": self._version}
+                return Refresh("unchanged", self._version)
             try:
                 bundle = self._load(target)
             except Exception as exc:
@@ -73,12 +86,12 @@ class ModelHolder(Generic[T]):
             self.last_failure = None
             settle_heap()
             log.info("now serving model version %s", target)
-            return {"status": "swapped", "serving": target}
+            return Refresh("swapped", target)
 
-    def _failed(self, target: str | None, exc: Exception) -> dict:
+    def _failed(self, target: str | None, exc: Exception) -> Refresh:
         self.last_failure = {"version": target, "error": f"{type(exc).__name__}: {exc}", "at": _utc_now()}
         log.error("model version %s failed to load, still serving %s: %s", target, self._version, exc)
-        return {"status": "failed", "serving": self._version, "failure": self.last_failure}
+        return Refresh("failed", self._version, self.last_failure)
 
     def watch(self, interval_s: float) -> threading.Thread:
         """Poll the production pointer in a daemon thread until ``stop``."""

@@ -1,35 +1,44 @@
-"""The BentoML service: HTTP in, ``RecommendationEngine`` calls, JSON out.
+"""The BentoML service: HTTP in, calls to the jobs of ``services/``, JSON out.
 
-Run from the repository root::
+Run from the repository root (``entrypoints.serving`` starts it with the settings'
+environment, ``BENTOML_HOME`` included)::
 
     bentoml serve services.service:ShopRecService --port 3000
 
-Settings come from the environment/profile (``shoprec.config``); the bearer token
-for writes from ``SHOPREC_API_TOKEN``. See docs/service.md for the API.
+The class only composes the jobs: ``CurrentModel`` (the served bundle, reload, /model),
+``Recommending`` (/recommend), ``SimilarItems``, ``EventIngest`` (/events) and ``Erasure``
+(/admin/forget_user), over one ``OnlineFeatures`` and one ``StoreGuard``. Settings come
+from the environment/profile (``shoprec.config``); the bearer token for writes from
+``SHOPREC_API_TOKEN``. See docs/service.md for the API.
 """
 
 from __future__ import annotations
 
 import functools
-import os
+import logging
 import threading
+from collections.abc import Callable
 from typing import Annotated, Any
 
+import bentoml
+import torch
+from bentoml.validators import ContentType
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+from services.availability import ItemStates
+from services.bundle import CurrentModel
+from services.erasure import Erasure
+from services.events import EventIngest
+from services.guards import Limits, RequestError, RequestGuard
+from services.recommending import Recommending
+from services.resilience import StoreGuard, settle_heap
+from services.similar import SimilarItems
 from shoprec.config import load_settings
+from shoprec.features.online import OnlineFeatures
 
+log = logging.getLogger(__name__)
 settings = load_settings()
-# BentoML reads its home when it is imported: point it into SHOPREC_HOME first
-os.environ.setdefault("BENTOML_HOME", str(settings.bentoml_home))
-
-import bentoml  # noqa: E402
-from bentoml.validators import ContentType  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
-from starlette.responses import JSONResponse  # noqa: E402
-
-from services.engine import RecommendationEngine  # noqa: E402
-from services.guards import RequestError, RequestGuard  # noqa: E402
-from services.resilience import settle_heap  # noqa: E402
-
 http_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 # A declared media type: otherwise BentoML derives it from a JSON schema it rebuilds
 # for every response, a fifth of the event loop's time per /recommend.
@@ -51,10 +60,10 @@ def _answers_of_kind(kind: str):
     return answers_total.labels(kind=kind)
 
 
-def _respond(call, *args) -> Any:
-    """The engine's answer, or its refusal as JSON with the right status code."""
+def _respond(call: Callable[..., Any], *args: Any) -> Any:
+    """The job's answer as JSON, or its refusal as JSON with the right status code."""
     try:
-        return call(*args)
+        return call(*args).to_json()
     except RequestError as exc:
         return JSONResponse(exc.body(), status_code=exc.status)
 
@@ -71,26 +80,36 @@ def _respond(call, *args) -> Any:
 )
 class ShopRecService:
     def __init__(self) -> None:
-        import torch
-
-        from shoprec.features.online import OnlineFeatures
-
         # threads per worker: more than one oversubscribes the cores under concurrent requests
         torch.set_num_threads(settings.serving.torch_threads)
-        self.engine = RecommendationEngine(settings, features=OnlineFeatures(settings), on_batch=batch_sizes.observe)
-        holder = self.engine.holder
+        features = OnlineFeatures(settings)
+        store = StoreGuard(cooldown_s=settings.serving.store_retry_seconds)
+        limits = Limits.from_settings(settings)
+        item_states = ItemStates(features.item_states, store)  # one per worker: its cache serves both
+        self.model = CurrentModel(settings)
+        self.recommending = Recommending(settings, self.model, features, item_states, store, limits,
+                                         on_batch=batch_sizes.observe)
+        self.similar = SimilarItems(settings, self.model, item_states, limits)
+        self.events_in = EventIngest(settings, self.model, features, store, limits)
+        self.erasure = Erasure(settings, features, store, limits)
+        self.store = store
         # load in the background: /livez answers at once, /readyz once a model serves
         threading.Thread(target=self._load_and_warm_up, name="initial-model-load", daemon=True).start()
-        holder.watch(settings.serving.reload_poll_seconds)
+        self.model.holder.watch(settings.serving.reload_poll_seconds)
 
     def _load_and_warm_up(self) -> None:
-        self.engine.holder.refresh()
-        if self.engine.holder.current is not None:
-            self.engine.warm_up()
-            settle_heap()  # what the warm-up imported and cached lives as long as the model
+        self.model.holder.refresh()
+        if self.model.holder.current is None:
+            return
+        try:  # the request paths once on made-up input, before traffic does; writes nothing
+            self.recommending.warm_up()
+            self.events_in.warm_up()
+        except Exception as exc:  # noqa: BLE001 - never fatal: only the first requests are slower
+            log.warning("warm-up failed (the first requests will be slower): %s", exc)
+        settle_heap()  # what the warm-up imported and cached lives as long as the model
 
     def __is_ready__(self) -> bool:
-        return self.engine.holder.current is not None
+        return self.model.holder.current is not None
 
     @bentoml.api(route="/recommend")
     async def recommend(
@@ -98,32 +117,32 @@ class ShopRecService:
     ) -> JSON:
         # on the event loop, not in a request thread: no thread hand-off per request
         try:
-            answer = await self.engine.recommend_async(user_id, history, k, exclude_seen)
+            answer = await self.recommending.recommend_async(user_id, history, k, exclude_seen)
         except RequestError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
-        _answers_of_kind("fallback" if answer["fallback"] else "model").inc()
+        _answers_of_kind("fallback" if answer.fallback else "model").inc()
         # a ready response: BentoML's output model would only validate and re-encode the dict
-        return JSONResponse(answer)
+        return JSONResponse(answer.to_json())
 
     @bentoml.api(route="/similar_items")
     def similar_items(self, item_id: str, k: int = 10, text: str | None = None) -> JSON:
-        return _respond(self.engine.similar_items, item_id, k, text)
+        return _respond(self.similar.similar_items, item_id, k, text)
 
     @bentoml.api(route="/events")
     def events(self, events: list[Any]) -> JSON:
-        return _respond(self.engine.ingest_events, events)
+        return _respond(self.events_in.ingest, events)
 
     @bentoml.api(route="/admin/reload")
     def admin_reload(self, version: str | None = None) -> JSON:
-        return _respond(self.engine.reload, version)
+        return _respond(self.model.reload, version)
 
     @bentoml.api(route="/admin/forget_user")
     def admin_forget_user(self, user_id: str) -> JSON:
-        return _respond(self.engine.forget_user, user_id)
+        return _respond(self.erasure.forget_user, user_id)
 
     @http_app.get("/model")
-    def model(self) -> dict:
-        return self.engine.model_info()
+    def model_info(self) -> dict:
+        return self.model.info(self.store.last_error).to_json()
 
 
 ShopRecService.add_asgi_middleware(

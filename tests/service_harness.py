@@ -1,24 +1,31 @@
 """Start the real pieces the service needs, for tests and the load benchmark.
 
 A shop home (synthetic events + catalog in the lake), feature tables in Feast with a
-Redis online store on a private port, a quick model promoted to production, and a
-``bentoml serve services.service:ShopRecService`` subprocess on a free port.
+Redis online store on a private port, a quick model promoted to production, and
+``bentoml serve services.service:ShopRecService`` on a free port, started the one way
+ShopRec starts it (``entrypoints.serving.start_service``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from entrypoints.serving import RunningService, start_service
+from shoprec.config import Settings, child_env, load_settings
+from shoprec.features import store
+from shoprec.features.tables import build_tables
+from shoprec.lake import write_batch
+from simulator.shop import generate
+from training.pipeline import train_version
+from training.registry import promote
+
 TOKEN = "test-token-123"
 
 
@@ -57,88 +64,59 @@ class RedisServer:
             self.proc = None
 
 
+def shop_settings(home: Path, redis_port: int) -> Settings:
+    """The settings of a test shop: its own home, Redis online store and token, a fast pointer poll."""
+    return load_settings(
+        home=home,
+        api_token=TOKEN,
+        online_store={"type": "redis",
+                      "redis_connection_string": f"127.0.0.1:{redis_port},db=0,socket_timeout=1,socket_connect_timeout=1"},
+        serving={"reload_poll_seconds": 0.5},
+    )
+
+
 def env_for(home: Path, redis_port: int, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "SHOPREC_HOME": str(home),
-        "SHOPREC_API_TOKEN": TOKEN,
-        "SHOPREC_ONLINE_STORE__TYPE": "redis",
-        "SHOPREC_ONLINE_STORE__REDIS_CONNECTION_STRING": f"127.0.0.1:{redis_port},db=0,socket_timeout=1,socket_connect_timeout=1",
-        "SHOPREC_SERVING__RELOAD_POLL_SECONDS": "0.5",
-        "BENTOML_HOME": str(home / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "HF_HUB_OFFLINE": "1",
-        **extra,
-    }
+    """The environment of a process working on the shop (``shop_settings``), with ``extra`` on top."""
+    settings = shop_settings(home, redis_port)
+    return child_env(settings, BENTOML_HOME=str(settings.bentoml_home), **extra)
 
 
-def prepare_shop(n_events: int = 4000, seed: int = 0, epochs: int = 3) -> dict:
-    """In the current SHOPREC_HOME: synthetic shop -> lake -> features -> quick model -> production."""
-    from shoprec.config import load_settings
-    from shoprec.features import store
-    from shoprec.features.tables import build_tables
-    from shoprec.generate import generate
-    from shoprec.lake import write_batch
-    from training.pipeline import train_version
-    from training.registry import promote
-
-    settings = load_settings()
+def prepare_shop(n_events: int = 4000, seed: int = 0, epochs: int = 3, settings: Settings | None = None) -> dict:
+    """Synthetic shop -> lake -> features -> quick model -> production, in ``settings``
+    (default: those of this process, e.g. after putting ``env_for`` into its environment)."""
+    settings = (settings or load_settings()).with_overrides(training={"preset": "quick", "overrides": {"max_epochs": epochs}})
     batch = generate(n_events, seed=seed)
     write_batch(settings.lake_dir, batch)
     build_tables(settings)
     store.apply(settings)
     store.materialize(settings)
-    version, _ = train_version(
-        settings, data="lake", events=batch.events, items=batch.items, profile="quick",
-        overrides={"max_epochs": epochs}, progress=False, checkpoint=False,
-    )
+    version, _ = train_version(settings, data="lake", events=batch.events, items=batch.items, progress=False,
+                               checkpoint=False)
     promote(version, settings)
     return {"version": version, "items": batch.items, "events": batch.events}
 
 
 class Server:
-    """``bentoml serve`` in its own process group, stopped with the whole group."""
+    """``bentoml serve`` (``entrypoints.serving``) in its own process group, with the environment
+    ``env`` (e.g. ``env_for(...)``), stopped with the whole group."""
 
     def __init__(self, env: dict[str, str], port: int | None = None, log_path: Path | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
         self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
+        self.service: RunningService | None = None
 
     def start(self, timeout: float = 120) -> "Server":
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("bentoml")), "serve", "services.service:ShopRecService",
-             "--port", str(self.port), "--host", "127.0.0.1"],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        # each worker loads the model on its own: only a run of ready answers (4 per worker,
-        # each on a new connection) says they all serve
-        wanted, ready = 4 * int(self.env.get("SHOPREC_SERVING__WORKERS", "1")), 0
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}")
-            try:
-                ready = ready + 1 if call(self, "GET", "/readyz")[0] == 200 else 0
-            except OSError:
-                ready = 0
-            if ready >= wanted:
-                return self
-            time.sleep(0.25 if ready == 0 else 0.01)
-        self.stop()
-        raise RuntimeError("the service did not become ready")
+        # each worker loads the model on its own: start_service waits for a run of ready answers long enough for all
+        workers = int(self.env.get("SHOPREC_SERVING__WORKERS", "1"))
+        self.service = start_service(load_settings(), port=self.port, log_path=self.log_path, extra_env=self.env,
+                                     workers=workers, timeout_seconds=timeout)
+        return self
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        if self.service is not None:
+            self.service.stop()
 
 
 def call(server: Server, method: str, path: str, body=None, token: str | None = None,

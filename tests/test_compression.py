@@ -1,28 +1,36 @@
-"""Compression: a tiny SASRec trained in seconds on a synthetic catalog, compressed every way."""
+"""Compression: a tiny SASRec trained in seconds on a synthetic catalog, compressed every way,
+measured against its folded form, gated and reported."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from training.compression.codec import CodecError, read_weights, write_weights
+from shoprec.config import load_hyperparameters, load_settings
+from training.artifact import ArtifactError, load_recommender, save_artifact
+from training.artifact.codec import CodecError, read_weights, write_weights
+from training.compression.benchmark import Measurement
 from training.compression.embedding import compressed_table
 from training.compression.folding import fold_text_tower
 from training.compression.gate import choose_served, judge
-from training.compression.pipeline import CompressionOptions, compress_recommender, measure
-from training.compression.benchmark import size_on_disk
+from training.compression.pipeline import (BASELINE, CompressionResult, build_variants, compress_recommender,
+                                           default_parent, measure)
 from training.compression.pruning import magnitude_pruning, sparsity
-from training.compression.quantization import dynamic_int8
-from training.compression.variant import ServedModel, VariantError, load_served_model, save_variant
-from training.data import ItemVocab, leave_one_out
-from training.models import build_model, load_hyperparameters
-from training.trainer import fit
+from training.compression.variant import save_variant
+from training.data import ItemVocab, leave_one_out, pad_left
+from training.models import new_model
+from training.registry import promote
+from training.trainer import Trainer
 
 N_ITEMS, N_USERS, TEXT_DIM = 60, 300, 16
+PARENT = "tiny-v1"
+ALL_METHODS = ("folded", "dynamic_int8", "embedding_fp16", "embedding_int8", "pruned", "distilled", "onnx", "onnx_int8")
 
 
 def synthetic_sequences(seed: int = 0) -> pd.DataFrame:
@@ -39,25 +47,32 @@ def synthetic_sequences(seed: int = 0) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def trained():
-    torch.manual_seed(0)
+def settings(tmp_path_factory):
+    return load_settings(home=tmp_path_factory.mktemp("home")).with_overrides(
+        compression={"prune_epochs": 1, "distill_epochs": 1, "rounds_b1": 5, "rounds_b32": 3})
+
+
+@pytest.fixture(scope="module")
+def trained(settings):
+    """The trained parent, saved as a version and loaded back, and its split."""
     vocab = ItemVocab([f"i{i}" for i in range(N_ITEMS)])
     split = leave_one_out(synthetic_sequences(), vocab)
-    hp = load_hyperparameters("sasrec", "quick")
-    config = {**hp, "n_vocab": len(vocab), "text_dim": TEXT_DIM, "max_len": 12}
-    model = build_model(config, torch.randn(len(vocab), TEXT_DIM))
-    fit(model, split, hp, epochs=4, progress=False)
-    parent = ServedModel("tiny-v1", vocab.item_ids, {"data_source": "synthetic"}, model.eval(), model.max_len)
-    return parent, split
+    hp = load_hyperparameters("sasrec", "quick", {"max_len": 12})
+    torch.manual_seed(0)
+    model = new_model(hp, len(vocab), torch.randn(len(vocab), TEXT_DIM))
+    Trainer(model, split, hp, progress=False).fit(epochs=4)
+    save_artifact(model.eval(), vocab.item_ids, settings.models_dir, {"data_source": "synthetic"}, version=PARENT)
+    return load_recommender(PARENT, settings), split
 
 
 def test_folding_keeps_scores(trained):
     parent, split = trained
     folded = fold_text_tower(parent.torch_model)
-    fp32 = parent.score_indices(split.test.inputs[:20])
-    again = ServedModel("f", parent.item_ids, {}, folded, folded.max_len).score_indices(split.test.inputs[:20])
-    np.testing.assert_allclose(again[:, 1:], fp32[:, 1:], atol=1e-5)
     assert "items.text" not in folded.state_dict()
+    items, positions = (torch.from_numpy(a) for a in pad_left(split.test.inputs[:20], folded.max_len))
+    with torch.inference_mode():
+        ours = folded.score_last(items, positions)[:, 1:].numpy()
+    np.testing.assert_allclose(ours, parent.score_indices(split.test.inputs[:20])[:, 1:], atol=1e-5)
 
 
 def test_codec_round_trip_and_corrupt_file(tmp_path):
@@ -76,72 +91,47 @@ def test_codec_round_trip_and_corrupt_file(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def compressed(trained, tmp_path_factory):
+def compressed(trained, settings) -> CompressionResult:
     """One full run (every variant saved, reloaded, measured, gated, reported), shared by the tests below."""
-    from shoprec.config import load_settings
-
     parent, split = trained
-    home = tmp_path_factory.mktemp("home")
-    settings = load_settings(home=home)
-    parent_dir = home / "parent"
-    save_variant(dynamic_int8(fold_text_tower(parent.torch_model)), parent, parent_dir)  # stands in for its files
-    options = CompressionOptions(prune_epochs=1, distill_epochs=1, rounds_b1=5, rounds_b32=3)
-    return compress_recommender(parent, parent_dir, split, settings, options, "synthetic"), settings
+    return compress_recommender(parent, split, settings, "synthetic")
 
 
-def test_onnx_matches_pytorch(trained, compressed):
+def test_onnx_matches_pytorch(trained, compressed, settings):
     parent, split = trained
-    result, settings = compressed
-    onnx_model = load_served_model(f"{parent.version}-onnx", settings)
+    onnx_model = load_recommender(f"{PARENT}-onnx", settings)
     histories = split.test.inputs[:64]  # mixed lengths: exercises the dynamic batch and sequence axes
     ours, reference = onnx_model.score_indices(histories), parent.score_indices(histories)
     np.testing.assert_allclose(ours[:, 1:], reference[:, 1:], rtol=1e-4, atol=1e-4)
     top_onnx = np.argsort(-ours[:, 1:], axis=1, kind="stable")[:, :10]
     top_torch = np.argsort(-reference[:, 1:], axis=1, kind="stable")[:, :10]
     assert (top_onnx == top_torch).mean() > 0.99
-    sizes = {row["name"]: row["size_bytes"] for row in result["variants"]}
+    sizes = {row.name: row.size_bytes for row in compressed.variants}
     assert sizes["onnx_int8"] < sizes["onnx"]
 
 
-def test_every_variant_loads_from_its_artifact_alone(trained, compressed, tmp_path):
-    import shutil
-
-    result, settings = compressed
+def test_every_variant_loads_from_its_folder_alone(compressed, settings, tmp_path):
     methods = set()
-    for row in result["variants"][1:]:
-        alone = tmp_path / row["version"]
-        shutil.copytree(settings.models_dir / row["version"], alone)  # nothing else beside it
-        served = load_served_model(alone)
+    for row in compressed.variants[1:]:
+        alone = tmp_path / row.version
+        shutil.copytree(settings.models_dir / row.version, alone)  # nothing else beside it
+        served = load_recommender(alone)
         lineage = json.loads((alone / "metadata.json").read_text())["lineage"]
         methods.add(lineage["method"])
-        assert lineage["parent_version"] == "tiny-v1" and served.version == row["version"]
+        assert lineage["parent_version"] == PARENT and served.version == row.version
         assert served.score([["i1", "i2", "unknown-item"]]).shape == (1, N_ITEMS)
-        top = [item for item, _ in served.recommend(["i1", "i2"], k=5, exclude=["i3"])]
-        assert len(top) == 5 and "i3" not in top
-    assert methods == {"folded", "dynamic_int8", "embedding_fp16", "embedding_int8", "pruned", "distilled", "onnx", "onnx_int8"}
-
-
-ALL_METHODS = ("folded", "dynamic_int8", "embedding_fp16", "embedding_int8", "pruned", "distilled", "onnx", "onnx_int8")
+    assert methods == set(ALL_METHODS)
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_every_variant_kind_answers_the_whole_serving_contract(trained, compressed, method):
-    """What the service calls on a model version: score, recommend, item_embeddings, embed_new_item_text."""
+def test_a_new_items_text_lands_in_each_variants_own_space(trained, compressed, settings, method):
+    """What /similar_items does with an item that has text but no interactions."""
     parent, _ = trained
-    _, settings = compressed
-    served = load_served_model(f"{parent.version}-{method}", settings)
-    assert served.score([["i1", "i2"]]).shape == (1, N_ITEMS)
-    top = served.recommend(["i1", "i2"], k=5, exclude=["i3"])
-    assert len(top) == 5 and "i3" not in [item for item, _ in top]
+    served = load_recommender(f"{PARENT}-{method}", settings)
     table = np.asarray(served.item_embeddings())
     assert table.shape[0] == N_ITEMS and np.isfinite(table).all() and np.abs(table).sum() > 0
     texts = parent.torch_model.items.text[1:].numpy()  # the items' own MiniLM stand-ins
-    new_item = served.embed_new_item_text(texts[0])
-    assert new_item.shape == (table.shape[1],) and np.isfinite(new_item).all()
-    assert served.embed_new_item_text(texts[:7]).shape == (7, table.shape[1])
-    with pytest.raises(ValueError, match="dimension"):
-        served.embed_new_item_text(np.ones(TEXT_DIM + 1, dtype=np.float32))
-    # a new item's text lands in the variant's own space: it explains the variant's table better than chance
+    # it explains the variant's table better than chance
     unit = lambda m: m / np.linalg.norm(m, axis=-1, keepdims=True)
     placed, rows = unit(served.embed_new_item_text(texts)), unit(table)
     own = (placed * rows).sum(1).mean()
@@ -150,78 +140,106 @@ def test_every_variant_kind_answers_the_whole_serving_contract(trained, compress
 
 
 @pytest.mark.parametrize("method", ["folded", "onnx", "onnx_int8"])
-def test_text_path_of_lossless_variants_equals_the_parents(trained, compressed, method):
+def test_text_path_of_lossless_variants_equals_the_parents(trained, compressed, settings, method):
     parent, _ = trained
-    _, settings = compressed
-    served = load_served_model(f"{parent.version}-{method}", settings)
+    served = load_recommender(f"{PARENT}-{method}", settings)
     texts = parent.torch_model.items.text[1:6].numpy()
     np.testing.assert_allclose(served.embed_new_item_text(texts), parent.embed_new_item_text(texts), atol=1e-3)
 
 
-def test_broken_variant_artifact_is_refused(trained, tmp_path):
+def test_a_variant_of_a_variant_keeps_the_text_path(trained, tmp_path):
     parent, _ = trained
-    version = save_variant(compressed_table(fold_text_tower(parent.torch_model)), parent, tmp_path)
-    (tmp_path / version / "weights.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(VariantError, match="cannot load weights"):
-        load_served_model(tmp_path / version)
-    (tmp_path / version / "items.json").write_text(json.dumps(["only-one"]))
-    with pytest.raises(VariantError, match="do not match"):
-        load_served_model(tmp_path / version)
+    first = load_recommender(tmp_path / save_variant(compressed_table(fold_text_tower(parent.torch_model), "fp16"),
+                                                     parent, tmp_path))
+    second = load_recommender(tmp_path / save_variant(compressed_table(first.torch_model, "int8_row"), first, tmp_path))
+    texts = parent.torch_model.items.text[1:6].numpy()
+    np.testing.assert_allclose(second.embed_new_item_text(texts), parent.embed_new_item_text(texts), atol=5e-2)
 
 
-def test_onnx_variant_without_its_item_table_is_refused(trained, compressed, tmp_path):
-    import shutil
+def test_the_baseline_is_the_folded_model_and_it_serves_when_nothing_passes(trained, compressed, settings):
+    rows = {row.name: row for row in compressed.variants}
+    assert [row.name for row in compressed.variants][:2] == ["fp32", BASELINE]
+    assert compressed.baseline_version == f"{PARENT}-folded" == rows[BASELINE].version
+    assert rows[BASELINE].speedup_b1 == 1.0 and rows[BASELINE].size_ratio == 1.0
+    assert rows["onnx"].speedup_b1 == pytest.approx(rows[BASELINE].latency_b1_p50_ms / rows["onnx"].latency_b1_p50_ms)
+    assert abs(rows["fp32"].ndcg_at_10 - rows[BASELINE].ndcg_at_10) < 1e-3  # folding is exact
+    assert compressed.served_version != PARENT
+    assert {v.name for v in compressed.gate.verdicts} == set(ALL_METHODS) - {BASELINE}
+    if compressed.gate.picked is None:
+        assert compressed.served_version == compressed.baseline_version
+    strict = settings.with_overrides(compression={"min_speedup": 1e6}).compression
+    decision = choose_served(rows[BASELINE], [rows[m] for m in ALL_METHODS[1:]], strict)
+    assert decision.picked is None and decision.served == BASELINE
+    assert decision.thresholds["min_speedup"] == 1e6
 
-    parent, _ = trained
-    _, settings = compressed
-    copy = tmp_path / f"{parent.version}-onnx_int8"
-    shutil.copytree(settings.models_dir / copy.name, copy)
-    (copy / "item_space.safetensors").unlink()
-    with pytest.raises(VariantError, match="item_space"):
-        load_served_model(copy)
+
+def test_gate_thresholds_come_from_settings(settings):
+    base = Measurement("folded", "v-folded", "folded", size_bytes=1000, ndcg_at_10=0.05, latency_b1_p50_ms=10.0)
+    variant = Measurement("v", "v-x", "x", size_bytes=500, ndcg_at_10=0.0495, latency_b1_p50_ms=5.0)
+    assert judge(base, variant, settings.compression).passed  # 1% worse (2% allowed), 2x smaller, 2x faster
+    for override in ({"max_ndcg_drop": 0.005}, {"min_size_ratio": 3.0}, {"min_speedup": 2.5}):
+        verdict = judge(base, variant, settings.with_overrides(compression=override).compression)
+        assert not verdict.passed and sum(r.startswith("FAIL") for r in verdict.reasons) == 1, override
 
 
-def test_gate_rejects_an_over_pruned_model(trained, tmp_path):
+def test_gate_rejects_an_over_pruned_model(trained, settings, tmp_path):
     parent, split = trained
     folded = fold_text_tower(parent.torch_model)
     ruined = magnitude_pruning(folded, None, amount=0.97, finetune_epochs=0, method="overpruned")
     assert sparsity(ruined.model) > 0.96
-    good = compressed_table(folded, "int8_row")
-    served = {"fp32": parent}
-    sizes = {}
-    for variant in (ruined, good):
-        version = save_variant(variant, parent, tmp_path)
-        served[variant.method] = load_served_model(tmp_path / version)
-        sizes[variant.method] = size_on_disk(tmp_path / version)
-    sizes["fp32"] = 100 * max(sizes.values())  # only accuracy should decide here
-    rows = measure(served, sizes, split, CompressionOptions(rounds_b1=3, rounds_b32=2))
-    # the latency threshold is measured, not decided here: give both the same speed to isolate accuracy
-    for row in rows[1:]:
-        row["latency_b1_p50_ms"] = rows[0]["latency_b1_p50_ms"] / 10
-    verdict = judge(rows[0], rows[1])
-    assert rows[1]["ndcg@10"] < 0.9 * rows[0]["ndcg@10"]
+    served = {}
+    for variant in (compressed_table(folded, "fp16"), ruined, compressed_table(folded, "int8_row")):
+        served[variant.method] = load_recommender(tmp_path / save_variant(variant, parent, tmp_path))
+    served[BASELINE] = served.pop("embedding_fp16")  # stands in for the folded model (same scores, near enough)
+    rows = {row.name: row for row in measure(served, split, settings.compression)}
+    # only accuracy should decide here: make every variant far smaller and faster than the baseline
+    rows[BASELINE] = dataclasses.replace(rows[BASELINE], size_bytes=10**9, latency_b1_p50_ms=1e3)
+    verdict = judge(rows[BASELINE], rows["overpruned"], settings.compression)
+    assert rows["overpruned"].ndcg_at_10 < 0.9 * rows[BASELINE].ndcg_at_10
     assert not verdict.passed and any(r.startswith("FAIL: NDCG@10") for r in verdict.reasons)
-    decision = choose_served(rows[0], rows[1:])
-    assert decision.picked == "embedding_int8"
+    decision = choose_served(rows[BASELINE], [rows["overpruned"], rows["embedding_int8"]], settings.compression)
+    assert decision.picked == decision.served == "embedding_int8"
     assert "overpruned" in [v.name for v in decision.verdicts if not v.passed]
 
 
-def test_gate_keeps_fp32_when_nothing_passes():
-    base = {"name": "fp32", "ndcg@10": 0.05, "size_bytes": 1000, "latency_b1_p50_ms": 10.0}
-    slow = {"name": "slow", "ndcg@10": 0.05, "size_bytes": 100, "latency_b1_p50_ms": 9.0}
-    big = {"name": "big", "ndcg@10": 0.05, "size_bytes": 500, "latency_b1_p50_ms": 1.0}
-    decision = choose_served(base, [slow, big])
-    assert decision.picked is None
+def test_gate_serves_the_folded_model_when_nothing_passes(settings):
+    base = Measurement("folded", "v-folded", "folded", size_bytes=1000, ndcg_at_10=0.05, latency_b1_p50_ms=10.0)
+    slow = Measurement("slow", "v-slow", "slow", size_bytes=100, ndcg_at_10=0.05, latency_b1_p50_ms=9.0)
+    big = Measurement("big", "v-big", "big", size_bytes=1100, ndcg_at_10=0.05, latency_b1_p50_ms=1.0)
+    decision = choose_served(base, [slow, big], settings.compression)
+    assert decision.picked is None and decision.served == "folded"
     assert any("FAIL" in r and "faster" in r for r in decision.verdicts[0].reasons)
     assert any("FAIL" in r and "smaller" in r for r in decision.verdicts[1].reasons)
 
 
+def test_a_second_run_keeps_the_variants_made_with_the_same_options(trained, compressed, settings):
+    parent, split = trained
+    before = (settings.models_dir / f"{PARENT}-distilled" / "metadata.json").read_text()
+    assert build_variants(parent, split, settings) == [f"{PARENT}-{m}" for m in ALL_METHODS]
+    assert (settings.models_dir / f"{PARENT}-distilled" / "metadata.json").read_text() == before
+    with pytest.raises(ArtifactError, match="made with other options"):
+        build_variants(parent, split, settings.with_overrides(compression={"prune_amount": 0.3}))
+
+
+def test_a_variant_is_not_compressed_again(trained, compressed, settings):
+    _, split = trained
+    with pytest.raises(ValueError, match="compress the trained version"):
+        compress_recommender(load_recommender(f"{PARENT}-folded", settings), split, settings, "synthetic")
+
+
+def test_the_default_parent_is_the_trained_version_behind_production(compressed, settings):
+    assert default_parent(settings) == PARENT  # nothing in production: the newest trained version
+    promote(f"{PARENT}-onnx_int8", settings)
+    assert default_parent(settings) == PARENT
+
+
 def test_full_run_writes_report(compressed):
-    result, _ = compressed
-    assert len(result["variants"]) == 9
-    assert result["variants"][0]["name"] == "fp32" and result["variants"][0]["ndcg@10"] > 0.15  # the model learned (random: ~0.08)
-    markdown = open(result["report"]["markdown"]).read()
-    assert "## Gate" in markdown and "Picked:" in markdown
-    assert open(result["report"]["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    saved = json.loads(open(result["report"]["json"]).read())
-    assert saved["gate"]["picked"] == result["gate"]["picked"]
+    assert len(compressed.variants) == 2 + len(ALL_METHODS) - 1
+    assert compressed.variants[0].name == "fp32" and compressed.variants[0].ndcg_at_10 > 0.15  # learned (random: ~0.08)
+    markdown = open(compressed.report["markdown"]).read()
+    assert "## Gate" in markdown and "Served:" in markdown and "Baseline: `folded`" in markdown
+    assert open(compressed.report["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(open(compressed.report["json"]).read())
+    assert saved["gate"]["picked"] == compressed.gate.picked
+    assert saved["context"]["served_version"] == compressed.served_version
+    assert CompressionResult.from_dict(json.loads(json.dumps(compressed.to_dict()))) == compressed

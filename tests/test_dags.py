@@ -8,21 +8,34 @@ when they run, so each test's own SHOPREC_HOME (the ``home`` fixture) isolates i
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import textwrap
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from entrypoints.airflow_env import DAGS_DIR, apply_airflow_env, migrate_db
+from entrypoints.inbox import inbox_batches, inbox_folder
+from entrypoints.orchestration import alert_on_failure
+from entrypoints.serving import start_service
+from entrypoints.steps import enough_new_data
 from shoprec import lake
-from shoprec.airflow_env import DAGS_DIR, apply_airflow_env, migrate_db
-from shoprec.config import load_settings
-from shoprec.pipeline import enough_new_events, inbox_batches, inbox_folder
+from shoprec.adapters.base import Batch
+from shoprec.config import load_settings, settings_env
+from shoprec.features.online import OnlineFeatures
+from shoprec.features.sequence import recent_items
+from shoprec.features.store import feature_store
+from simulator.shop import generate, write_generated
+from training.registry import production_version, promotion_history
 
 apply_airflow_env(load_settings())
 import great_expectations  # noqa: E402,F401  before Airflow, or its logging makes GX chatty
+from airflow.dag_processing.bundles.manager import DagBundlesManager  # noqa: E402  after apply_airflow_env
+from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db  # noqa: E402
 
 HOUR = datetime(2026, 11, 1, 10, 0, tzinfo=timezone.utc)
 
@@ -34,8 +47,6 @@ def airflow_db():
 
 @pytest.fixture(scope="module")
 def dagbag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
     return DagBag(dag_folder=str(DAGS_DIR))
 
 
@@ -71,17 +82,17 @@ def test_features_graph_is_validate_then_features_then_materialize(dagbag):
 
 def test_training_graph_runs_every_step_in_order_behind_the_gate(dagbag):
     dag = dagbag.get_dag("shoprec_training")
-    chain = ["enough_new_data", "training_set", "train", "evaluate", "gate", "register", "build_bento", "deploy", "smoke_test"]
+    chain = ["enough_new_data", "training_set", "train", "compress", "evaluate", "gate", "release", "deploy", "smoke_test"]
     assert {(a, b) for a, b in zip(chain, chain[1:])} <= edges(dag)
-    assert {("train", "compress"), ("compress", "gate")} <= edges(dag)
+    assert {("compress", "gate"), ("compress", "release"), ("release", "smoke_test")} <= edges(dag)
+    assert {t.task_id for t in dag.tasks} == set(chain)  # no Bento build, no model-store copy
     # nothing reaches the registry without passing the gate
-    assert dag.get_task("register").upstream_task_ids >= {"gate"}
+    assert dag.get_task("release").upstream_task_ids >= {"gate"}
+    assert set(dag.params) >= {"mode", "preset", "overrides", "compression"}
     assert "shoprec_features" in str(dag.timetable) and "0 3 * * *" in str(dag.timetable)
 
 
 def test_every_task_has_retries_backoff_timeout_and_alert(dagbag):
-    from shoprec.pipeline import alert_on_failure
-
     for dag in dagbag.dags.values():
         for t in dag.tasks:
             assert t.execution_timeout is not None, t.task_id
@@ -102,16 +113,15 @@ def test_inbox_takes_exactly_the_batches_of_the_interval(settings):
     assert inbox_batches(settings, HOUR - timedelta(hours=5), HOUR) == []
 
 
-def test_asset_triggered_training_needs_enough_new_events(settings, monkeypatch):
+def test_asset_triggered_training_needs_enough_new_events(settings):
     class Event:
         def __init__(self, n):
             self.extra = {"new_events": n}
 
-    monkeypatch.setenv("SHOPREC_AIRFLOW__MIN_NEW_EVENTS_FOR_TRAINING", "100")
-    strict = load_settings()
-    assert enough_new_events(strict, None)  # scheduled run
-    assert not enough_new_events(strict, {"shoprec_features": [Event(40), Event(50)]})
-    assert enough_new_events(strict, {"shoprec_features": [Event(40), Event(60)]})
+    strict = settings.with_overrides(promotion={"min_new_events_for_training": 100})
+    assert enough_new_data(strict, None)  # scheduled run
+    assert not enough_new_data(strict, {"shoprec_features": [Event(40), Event(50)]})
+    assert enough_new_data(strict, {"shoprec_features": [Event(40), Event(60)]})
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -130,8 +140,6 @@ def tree(path: Path) -> list[tuple[str, int]]:
 @pytest.fixture(scope="module")
 def features_run(dagbag, tmp_path_factory):
     """One real features run on a small generated batch, in a home of its own."""
-    from shoprec.generate import generate, write_generated
-
     home = tmp_path_factory.mktemp("features-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SHOPREC_HOME", str(home))
@@ -148,8 +156,6 @@ def test_features_dag_ingests_builds_and_materializes(features_run):
     assert str(run.state) in ("success", "DagRunState.SUCCESS"), states(run)
     assert set(states(features_run[2]).values()) == {"success"}
     assert len(list((settings.lake_dir / "events").rglob("*.parquet"))) >= 1
-    from shoprec.features.store import feature_store
-
     user = batch.events["user_id"].iloc[-1]
     online = feature_store(settings).get_online_features(
         features=["user_recent_items:item_ids"], entity_rows=[{"user_id": user}]
@@ -194,9 +200,6 @@ def online_rows(settings) -> list[tuple]:
 def backfill(dagbag, tmp_path_factory):
     """Three hourly batches backfilled newest first (``airflow backfill create --run-backwards``),
     so the older events arrive after newer ones are online; then the middle hour is re-run."""
-    from shoprec.adapters.base import Batch
-    from shoprec.generate import generate, write_generated
-
     home = tmp_path_factory.mktemp("backfill-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SHOPREC_HOME", str(home))
@@ -218,9 +221,6 @@ def backfill(dagbag, tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_backfill_over_past_hours_brings_every_batch_online(backfill):
-    from shoprec.features.online import OnlineFeatures
-    from shoprec.features.sequence import recent_items
-
     settings, shop, runs, _, _ = backfill
     assert all(set(run.values()) == {"success"} for run in runs), runs
     assert {r["source"] for r in lake.batch_records(settings.lake_dir)} == {
@@ -244,11 +244,11 @@ RETRY_DAG = '''
 from datetime import datetime, timezone
 from pathlib import Path
 from airflow.sdk import dag, task
+from entrypoints import steps
 from shoprec.config import load_settings
-from shoprec.pipeline import task_defaults
 
 @dag(dag_id="{dag_id}", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
-     default_args=task_defaults(load_settings()))
+     default_args=steps.task_defaults(load_settings()))
 def flaky():
     @task
     def fails_{mode}():
@@ -266,8 +266,6 @@ flaky()
 def test_a_task_that_fails_once_recovers_on_retry_and_a_lasting_failure_alerts(
     airflow_db, home, tmp_path, monkeypatch
 ):
-    from airflow.dag_processing.dagbag import DagBag
-
     home.mkdir(parents=True)
     monkeypatch.setenv("SHOPREC_AIRFLOW__RETRY_DELAY_SECONDS", "0.1")
     monkeypatch.setenv("SHOPREC_AIRFLOW__RETRIES", "1")
@@ -275,9 +273,6 @@ def test_a_task_that_fails_once_recovers_on_retry_and_a_lasting_failure_alerts(
     folder.mkdir()
     for dag_id, mode in (("shoprec_test_once", "once"), ("shoprec_test_always", "always")):
         (folder / f"{dag_id}.py").write_text(textwrap.dedent(RETRY_DAG.format(dag_id=dag_id, mode=mode)))
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import sync_bag_to_db
-
     bag = DagBag(dag_folder=str(folder))
     assert bag.import_errors == {}
     # dag.test() only runs DAGs serialized in the metadata DB under a known bundle
@@ -302,70 +297,40 @@ TOKEN = "test-deploy-token"
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def get_json(url: str) -> dict:
-    import urllib.request
-
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
 
 
 @pytest.fixture(scope="module")
-def service_env(features_run):
-    """`bentoml serve` of the ShopRec service on the features run's home, as the DAG's deploy target."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    from shoprec.airflow_env import stop_process_group
-    from shoprec.config import REPO_ROOT
-
-    settings = features_run[0]
-    env = {"SHOPREC_HOME": str(settings.home), "SHOPREC_SERVING__PORT": str(free_port()), "SHOPREC_API_TOKEN": TOKEN,
-           "SHOPREC_TRAINING__PROFILE": "quick", "BENTOML_HOME": str(settings.bentoml_home),
-           # a hold-out big enough for the compression benchmark's batches of 32 on this small shop
-           "SHOPREC_AIRFLOW__HOLDOUT_FRACTION": "0.3", "SHOPREC_AIRFLOW__RETRIES": "0",
-           # one torch thread: beside a busy neighbour two threads make the gate's latency read 100x slower
-           "SHOPREC_TRAINING__NUM_THREADS": "1"}
-    log = open(settings.home / "service.log", "wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("bentoml")), "serve", "services.service:ShopRecService",
-         "--port", env["SHOPREC_SERVING__PORT"]],
-        cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+def service_settings(features_run):
+    """`bentoml serve` of the ShopRec service on the features run's home, as the DAG's deploy target;
+    yields the settings the service and the DAG runs share."""
+    home = features_run[0].home
+    settings = load_settings(
+        home=home, serving={"port": free_port()}, api_token=TOKEN, airflow={"retries": 0},
+        # one torch thread: beside a busy neighbour two threads make the gate's latency read 100x slower
+        training={"preset": "quick", "num_threads": 1},
+        # a hold-out big enough for the compression benchmark's batches of 32 on this small shop
+        promotion={"holdout_fraction": 0.3},
     )
-    url = f"http://127.0.0.1:{env['SHOPREC_SERVING__PORT']}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            get_json(f"{url}/model")
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                stop_process_group(process)
-                pytest.fail(f"the service did not start; see {settings.home / 'service.log'}")
-            time.sleep(1)
-    yield env, url
-    stop_process_group(process)
-    log.close()
+    service = start_service(settings, log_path=home / "service.log", wait="live")
+    yield settings, service.url
+    service.stop()
 
 
 @pytest.fixture(scope="module")
-def training_runs(features_run, service_env, dagbag):
+def training_runs(service_settings, dagbag):
     """A first training run (no champion: promotes), then a crippled challenger that must lose."""
-    from training.registry import production_version
-
-    env, url = service_env
+    settings, url = service_settings
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
+        for key, value in settings_env(settings).items():  # the tasks, run in this process, load these settings
             mp.setenv(key, value)
-        settings = load_settings()
         dag = dagbag.get_dag("shoprec_training")
         first = dag.test(logical_date=datetime(2026, 11, 2, 3, 0, tzinfo=timezone.utc))
         champion = production_version(settings)
@@ -378,24 +343,21 @@ def training_runs(features_run, service_env, dagbag):
 
 
 @pytest.mark.slow
-def test_training_dag_trains_promotes_registers_and_deploys(training_runs):
-    from services.registry import registered_path
-
+def test_training_dag_trains_releases_and_deploys(training_runs):
     settings, url, first, champion, _ = training_runs
     assert set(states(first).values()) == {"success"}, states(first)
     assert champion is not None
-    assert registered_path(champion, settings).is_dir()  # in the BentoML model store
-    assert list((settings.bentoml_home / "bentos").rglob("bento.yaml")), "no Bento was built"
+    assert [(r.action, r.version) for r in promotion_history(settings)] == [("promote", champion)]
+    # no BentoML model-store copy and no Bento any more (`bentoml serve` makes the empty folders)
+    assert not list(settings.bentoml_home.rglob("model.yaml")) and not list(settings.bentoml_home.rglob("bento.yaml"))
     assert get_json(f"{url}/model")["model_version"] == champion  # the live service swapped
 
 
 @pytest.mark.slow
 def test_a_losing_challenger_stops_at_the_gate_and_production_is_untouched(training_runs):
-    from training.registry import production_version
-
     settings, url, _, champion, losing = training_runs
     got = states(losing)
     assert got["gate"] == "success" and got["train"] == "success"
-    assert {got[t] for t in ("register", "build_bento", "deploy", "smoke_test")} == {"skipped"}
+    assert {got[t] for t in ("release", "deploy", "smoke_test")} == {"skipped"}
     assert production_version(settings) == champion
     assert get_json(f"{url}/model")["model_version"] == champion

@@ -1,25 +1,33 @@
-"""Deployment wiring: the Airflow environment derived from Settings, and docker-compose.yml
-(checked with the compose client where it is installed; no engine runs containers here)."""
+"""Deployment wiring: the Airflow environment derived from Settings, docker-compose.yml
+(checked with the compose client where it is installed; no engine runs containers here),
+the release check and the rollback of a failed deploy, a training run's settings."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import subprocess
 
 import pytest
 import yaml
 
-from shoprec.airflow_env import DAGS_DIR, airflow_env
-from shoprec.config import REPO_ROOT, load_settings
+from entrypoints.airflow_env import DAGS_DIR, airflow_env, airflow_variables
+from entrypoints.steps import NotServable, release, run_settings
+from services.client import ServiceError, deploy, verify_deployment
+from shoprec.config import REPO_ROOT, load_hyperparameters, load_settings
+from training.artifact import save_artifact
+from training.data import ItemVocab
+from training.models import new_model
+from training.registry import production_version, promote, promotion_history
 
 COMPOSE = shutil.which("docker-compose")
 AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
 
 
-def test_airflow_env_follows_the_settings(monkeypatch, home):
-    monkeypatch.setenv("SHOPREC_AIRFLOW__PORT", "8099")
-    monkeypatch.setenv("SHOPREC_AIRFLOW__SQL_ALCHEMY_CONN", "postgresql+psycopg2://u@db:5432/airflow")
-    env = airflow_env(load_settings())
+def test_airflow_env_follows_the_settings(home):
+    settings = load_settings(airflow={"port": 8099, "sql_alchemy_conn": "postgresql+psycopg2://u@db:5432/airflow"})
+    env = airflow_env(settings)
     assert env["AIRFLOW_HOME"] == str(home / "airflow")
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(DAGS_DIR)
     assert env["AIRFLOW__CORE__PARALLELISM"] == "4"
@@ -27,10 +35,18 @@ def test_airflow_env_follows_the_settings(monkeypatch, home):
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://localhost:8099/execution/"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@db:5432/airflow")
     assert env["SHOPREC_HOME"] == str(home) and env["BENTOML_HOME"] == str(home / "bentoml")
+    # the child loads exactly these settings
+    assert json.loads(env["SHOPREC_AIRFLOW"])["port"] == 8099
+
+
+def test_in_process_airflow_gets_only_the_airflow_variables(home):
+    variables = airflow_variables(load_settings())
+    assert all(name.startswith("AIRFLOW") for name in variables)
+    assert variables["AIRFLOW_HOME"] == str(home / "airflow")
 
 
 def test_embedded_defaults_leave_airflow_on_sqlite(home):
-    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in airflow_env(load_settings())
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in airflow_variables(load_settings())
 
 
 def compose_config(env_file: str, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -70,53 +86,77 @@ def test_compose_file_commits_no_password(tmp_path):
 # --- release: verify before promote, roll back a failed deploy ---------------------------------
 
 
-def test_a_version_that_cannot_load_is_never_promoted(settings):
-    from services.registry import NotServable, release
-    from training.registry import production_version, promote
+def saved_version(settings, version: str) -> str:
+    """A tiny real model version (what the registry verifies and the service loads)."""
+    items = [f"i{n}" for n in range(6)]
+    hyperparameters = load_hyperparameters("sasrec", "quick", {"use_text": False, "hidden": 8, "inner": 16,
+                                                               "layers": 1, "heads": 1, "max_len": 5})
+    net = new_model(hyperparameters, len(ItemVocab(items)), None)
+    save_artifact(net, items, settings.models_dir, {"protocol": "full"}, version=version)
+    return version
 
-    settings.models_dir.mkdir(parents=True)
-    for version in ("good-v1", "broken-v2"):
-        (settings.models_dir / version).mkdir()
-        (settings.models_dir / version / "metadata.json").write_text('{"format_version": 1}')
-    promote("good-v1", settings)
+
+def test_a_version_that_cannot_load_is_never_promoted(settings):
+    promote(saved_version(settings, "good-v1"), settings)
+    broken = settings.models_dir / saved_version(settings, "broken-v2") / "model.safetensors"
+    broken.write_bytes(broken.read_bytes()[:-8])  # a truncated copy: its checksum no longer matches
     with pytest.raises(NotServable, match="broken-v2 cannot be served"):
         release("broken-v2", settings)
     assert production_version(settings) == "good-v1"
-    assert not (settings.bentoml_home / "models").exists() or not any((settings.bentoml_home / "models").rglob("*.yaml"))
+    assert not settings.bentoml_home.exists()  # no model-store copy is made any more
 
 
-def test_a_failed_deploy_puts_the_previous_production_back(settings, monkeypatch):
-    import socket
-
-    from services.client import ServiceError, deploy, verify_deployment
-    from training.registry import production_version, promote
-
-    settings.models_dir.mkdir(parents=True)
-    for version in ("champion-v1", "challenger-v2"):
-        (settings.models_dir / version).mkdir()
-        (settings.models_dir / version / "metadata.json").write_text("{}")
+def dead_url() -> str:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    promote("challenger-v2", settings)
-    released = {"version": "challenger-v2", "previous": "champion-v1"}
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_failed_deploy_or_smoke_test_rolls_production_back_through_the_registry(settings):
+    promote(saved_version(settings, "champion-v1"), settings)
+    promote(saved_version(settings, "challenger-v2"), settings)
     with pytest.raises(ServiceError, match="rolled back to champion-v1"):
-        deploy(settings, released, url=dead)
+        deploy(settings, "challenger-v2", url=dead_url())
     assert production_version(settings) == "champion-v1"
     promote("challenger-v2", settings)
-    with pytest.raises(ServiceError, match="rolled back"):
-        verify_deployment(settings, released, url=dead)
+    with pytest.raises(ServiceError, match="rolled back to champion-v1"):
+        verify_deployment(settings, "challenger-v2", url=dead_url())
     assert production_version(settings) == "champion-v1"
-    promote("challenger-v2", settings)
-    with pytest.raises(ServiceError, match="pointer removed"):
-        deploy(settings, {"version": "challenger-v2", "previous": None}, url=dead)
+    assert [r.action for r in promotion_history(settings)] == ["promote", "promote", "rollback", "promote", "rollback"]
+
+
+def test_a_failed_first_deploy_leaves_no_production_version(settings):
+    promote(saved_version(settings, "first-v1"), settings)
+    with pytest.raises(ServiceError, match="production cleared"):
+        deploy(settings, "first-v1", url=dead_url())
     assert production_version(settings) is None
 
 
-def test_compression_overrides_are_checked():
-    from training.champion import compression_options
+def test_a_version_promoted_meanwhile_is_not_rolled_back(settings):
+    promote(saved_version(settings, "ours-v1"), settings)
+    promote(saved_version(settings, "theirs-v2"), settings)  # an operator promoted another version since
+    with pytest.raises(ServiceError, match="nothing rolled back"):
+        deploy(settings, "ours-v1", url=dead_url())
+    assert production_version(settings) == "theirs-v2"
 
-    assert compression_options({"distill_epochs": 1}).distill_epochs == 1
-    assert compression_options().rounds_b1 == 50
-    with pytest.raises(ValueError, match="unknown compression option"):
-        compression_options({"distil_epochs": 1})
+
+# --- a training run's settings from its DAG params --------------------------------------------
+
+
+def test_run_settings_take_preset_overrides_and_compression_from_the_params(settings):
+    run = run_settings(settings, {"mode": "full", "preset": "quick", "overrides": {"max_epochs": 3},
+                                  "compression": {"distill_epochs": 1}})
+    assert run.training.preset == "quick" and run.hyperparameters.max_epochs == 3
+    assert run.compression.distill_epochs == 1 and run.compression.rounds_b1 == settings.compression.rounds_b1
+    assert run_settings(settings, {"profile": "quick"}).training.preset == "quick"  # the old name of preset
+    assert run_settings(settings, {}) == settings
+
+
+@pytest.mark.parametrize("params, complaint", [
+    ({"compression": {"distil_epochs": 1}}, "unknown compression option"),
+    ({"overrides": {"max_epoch": 3}}, "unknown hyperparameter"),
+    ({"preset": "huge"}, "preset"),
+])
+def test_run_settings_refuse_unknown_params(settings, params, complaint):
+    with pytest.raises(ValueError, match=complaint):
+        run_settings(settings, params)

@@ -6,19 +6,25 @@ apply -> materialize; then online reads, pushes, leakage and bad input are check
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 
 import numpy as np
 import pandas as pd
 import pytest
+import redis
+from feast import FeatureService, FeatureView, Field
+from feast.types import Int64
+from sqlalchemy import create_engine, text
 
 from shoprec import lake
 from shoprec.adapters.base import Batch
 from shoprec.config import load_settings
 from shoprec.features import store as feast_store
 from shoprec.features import tables
-from shoprec.features.online import FeatureStoreUnavailable, InvalidFeatureRequest, OnlineFeatures
+from shoprec.features.online import FeatureStoreUnavailable, InvalidFeatureRequest, ItemState, OnlineFeatures
 from shoprec.features.sequence import recent_items
+from training.data import feature_store_events
 
 REDIS_DB = 7
 REDIS = f"127.0.0.1:6379,db={REDIS_DB}"
@@ -62,8 +68,6 @@ def backend_settings(backend: str, home, sequence_length: int = SEQ_LEN):
 
 
 def _drop_test_database() -> None:
-    from sqlalchemy import create_engine, text
-
     engine = create_engine(PG_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text('DROP DATABASE IF EXISTS "shoprec_test_features" WITH (FORCE)'))
@@ -71,8 +75,6 @@ def _drop_test_database() -> None:
 
 
 def _flush_redis() -> None:
-    import redis
-
     redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
 
 
@@ -109,10 +111,19 @@ def online_snapshot(online: OnlineFeatures, users: list[str], items: list[str]) 
     return online.user_sequences(users), online.item_features(items)
 
 
-def test_apply_registers_the_repo(shop):
-    fs = feast_store.feature_store(shop[0])
+def test_apply_registers_the_repo_and_drops_what_it_no_longer_defines(shop):
+    settings = shop[0]
+    fs = feast_store.feature_store(settings)
     assert sorted(v.name for v in fs.list_feature_views()) == sorted(tables.TABLES)
-    assert [s.name for s in fs.list_feature_services()] == ["recommender_v1"]
+    assert fs.list_feature_services() == []
+    # a registry from before the unread views were dropped
+    old_view = FeatureView(name="user_stats", entities=[fs.get_entity("user")], schema=[Field(name="n_events", dtype=Int64)],
+                           source=fs.get_feature_view("user_recent_items").batch_source)
+    fs.apply([old_view, FeatureService(name="recommender_v1", features=[old_view])])
+    report = feast_store.apply(settings)
+    assert report["deleted"] == ["recommender_v1", "user_stats"]
+    assert report["feature_views"] == sorted(tables.TABLES) and report["feature_services"] == []
+    assert feast_store.apply(settings)["deleted"] == []
 
 
 def test_online_read_equals_offline_value(shop, online):
@@ -120,16 +131,22 @@ def test_online_read_equals_offline_value(shop, online):
     users = sorted(events["user_id"].unique())
     as_of = pd.Timestamp("2024-03-31", tz="UTC")
     offline = feast_store.training_set(
-        pd.DataFrame({"user_id": users, "item_id": "i0", "event_timestamp": as_of}), settings,
-        ["user_recent_items:item_ids", "user_recent_items:event_types", "user_stats:n_events"],
+        pd.DataFrame({"user_id": users, "event_timestamp": as_of}), settings,
+        ["user_recent_items:item_ids", "user_recent_items:event_types"],
     ).set_index("user_id")
     sequences = online.user_sequences(users)
     expected = recent_items(events, SEQ_LEN).set_index("user_id")
     for u in users:
         assert sequences[u]["item_ids"] == list(offline.loc[u, "item_ids"]) == expected.loc[u, "item_ids"]
         assert sequences[u]["event_types"] == list(offline.loc[u, "event_types"])
-    stats = online.features(["user_stats:n_events"], "user_id", users)
-    assert {u: stats[u]["n_events"] for u in users} == offline["n_events"].to_dict()
+    item_ids = sorted(items["item_id"])
+    offline_items = feast_store.training_set(
+        pd.DataFrame({"item_id": item_ids, "event_timestamp": as_of}), settings,
+        ["item_stats:popularity_30d", "item_stats:price"],
+    ).set_index("item_id")
+    online_items = online.item_features(item_ids)
+    assert {i: online_items[i]["popularity_30d"] for i in item_ids} == offline_items["popularity_30d"].to_dict()
+    assert {i: online_items[i]["price"] for i in item_ids} == offline_items["price"].to_dict()
 
 
 def test_item_features_online(online):
@@ -138,6 +155,38 @@ def test_item_features_online(online):
     assert feats["i2"]["available"] is False
     assert feats["i7"]["popularity_30d"] == 0  # in the catalog, never interacted with
     assert feats["nope"]["price"] is None
+    assert online.item_states(["i0", "i2", "nope"]) == {
+        "i0": ItemState(True, 0.5), "i2": ItemState(False, 2.5), "nope": ItemState(None, None)}
+
+
+def _catalog_change(settings, items: pd.DataFrame, **changes) -> None:
+    """A new catalog snapshot in the lake, then the features pipeline's build and materialization."""
+    changed = items.copy()
+    for item, (column, value) in changes.items():
+        changed.loc[changed["item_id"] == item, column] = value
+    lake.write_batch(settings.lake_dir, Batch.from_frames(pd.DataFrame(columns=["user_id", "item_id", "event_type", "timestamp"]), changed))
+    tables.build_tables(settings)
+
+
+def test_a_catalog_change_reaches_the_online_store_at_the_next_materialization(shop, online):
+    """An item's new availability or price arrives without a new event for it (Redis keeps
+    only newer rows, so materializing the item's old rows again would not carry it)."""
+    settings, _, items = shop
+    end = pd.Timestamp("2024-04-01", tz="UTC")
+    try:
+        _catalog_change(settings, items, i0=("available", False), i3=("price", 99.0))
+        report = feast_store.materialize(settings, end=end)
+        assert report["item_state_pushed"] == 2
+        assert online.item_states(["i0", "i3", "i1"]) == {
+            "i0": ItemState(False, 0.5), "i3": ItemState(True, 99.0), "i1": ItemState(True, 1.5)}
+        assert feast_store.materialize(settings, end=end)["item_state_pushed"] == 0  # a re-run writes nothing
+        _catalog_change(settings, items, i0=("available", True))  # back in stock
+        assert feast_store.materialize(settings, end=end)["item_state_pushed"] == 2
+        assert online.item_states(["i0", "i3"]) == {"i0": ItemState(True, 0.5), "i3": ItemState(True, 3.5)}
+    finally:
+        lake.write_batch(settings.lake_dir, Batch.from_frames(pd.DataFrame(columns=["user_id", "item_id", "event_type", "timestamp"]), items))
+        tables.build_tables(settings)
+        feast_store.materialize(settings, end=end)
 
 
 def test_materialize_twice_gives_the_same_state(shop, online):
@@ -166,8 +215,6 @@ def test_leakage_features_at_t_never_include_later_events(shop):
 
 
 def test_training_events_from_the_feature_store_are_the_sequences_as_of_the_cutoff(shop):
-    from training.data import feature_store_events
-
     settings, events, _ = shop
     cutoff = events["timestamp"].quantile(0.6)
     users = sorted(events["user_id"].unique())
@@ -228,6 +275,8 @@ BAD_EVENTS = {
     "future": pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "event_type": ["view"], "timestamp": ["2999-01-01"]}),
     "absurd user id": pd.DataFrame({"user_id": ["x" * 10_000], "item_id": ["i1"], "event_type": ["view"], "timestamp": ["2024-03-05"]}),
     "control chars": pd.DataFrame({"user_id": ["u1\x00"], "item_id": ["i1"], "event_type": ["view"], "timestamp": ["2024-03-05"]}),
+    "quantity beyond Int64": pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "event_type": ["view"], "timestamp": ["2024-03-05"],
+                                           "quantity": [2**63]}),
     "not a frame": [{"user_id": "u1"}],
 }
 
@@ -287,8 +336,6 @@ def _push_from_another_process(home: str, backend: str, offset: int, n: int, sta
 
 def test_pushes_from_two_worker_processes_for_one_user_lose_nothing(shop, online):
     """The service's worker processes share the online store: the per-user lock must hold across them."""
-    import multiprocessing
-
     settings = shop[0]
     backend = "redis" if settings.online_store.type == "redis" else "sqlite"
     spawn = multiprocessing.get_context("spawn")

@@ -1,26 +1,25 @@
-"""Feature-table builders and profile selection, without the online store."""
+"""Feature-table builders and the Feast configuration, without the online store."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
+import yaml
 
-from shoprec.config import load_settings
+from shoprec.config import FEATURE_REPO_DIR, OnlineStoreSettings, RegistrySettings, load_settings
 from shoprec.features import store, tables
 from shoprec.features.sequence import extend_sequence, recent_items
-from shoprec.generate import generate
+from shoprec.text_embedding import EmbeddingCache
+from simulator.shop import generate
 
 
-def test_text_embeddings_are_cached_by_text(settings):
+def test_item_texts_are_encoded_once_into_the_cache(settings):
     items = pd.DataFrame({"item_id": ["a", "b"], "title": ["red lipstick", "blue shampoo"], "category": ["makeup", "hair"], "brand": ["x", "y"]})
-    first, encoded = tables.item_text_embedding(items, settings)
-    assert encoded == 2 and len(first["embedding"].iloc[0]) == settings.features.text_embedding_dim
-    again, encoded = tables.item_text_embedding(items, settings)
-    assert encoded == 0 and all((a == b).all() for a, b in zip(first["embedding"], again["embedding"]))
+    assert tables.encode_item_texts(items, settings) == 2
+    assert len(EmbeddingCache(settings.cache_dir / "text_embeddings.parquet")) == 2  # what training reads
+    assert tables.encode_item_texts(items, settings) == 0
     items.loc[1, "title"] = "green shampoo"
-    _, encoded = tables.item_text_embedding(items, settings)
-    assert encoded == 1  # only the changed item is re-encoded
+    assert tables.encode_item_texts(items, settings) == 1  # only the changed item is re-encoded
 
 
 def test_sequence_snapshots_follow_recent_items_at_every_time():
@@ -49,15 +48,27 @@ def test_sequence_snapshots_equal_recent_items_on_a_generated_shop():
             expected["item_ids"], expected["event_types"], expected["timestamps"])
 
 
-def test_profile_selects_feature_store_yaml(home):
-    local = store.resolved_yaml(load_settings()).read_text()
-    assert "type: sqlite" in local and str(home.resolve()) in local and "${" not in local
-    prod = load_settings(online_store={"type": "redis", "redis_connection_string": "127.0.0.1:6379,db=9"},
+def test_feast_yaml_follows_the_settings(home):
+    local = store.write_feast_yaml(load_settings()).read_text()
+    config = yaml.safe_load(local)
+    assert config["online_store"] == {"type": "sqlite", "path": f"{home.resolve()}/feast/online_store.db"}
+    assert config["registry"] == f"{home.resolve()}/feast/registry.db" and "${" not in local
+    prod = load_settings(online_store={"type": "redis", "redis_connection_string": "127.0.0.1:6379,db=9", "key_ttl_seconds": 60},
                          registry={"type": "sql", "sql_url": "postgresql+psycopg2://postgres@127.0.0.1:5432/x"})
-    text = store.resolved_yaml(prod).read_text()
-    assert "type: redis" in text and "db=9" in text and "registry_type: sql" in text
-    with pytest.raises(ValueError, match="no Feast configuration"):
-        store.resolved_yaml(load_settings(registry={"type": "sql"}))  # sqlite online + SQL registry: no template
+    config = yaml.safe_load(store.write_feast_yaml(prod).read_text())
+    assert config["online_store"] == {"type": "redis", "connection_string": "127.0.0.1:6379,db=9", "key_ttl_seconds": 60}
+    assert config["registry"]["registry_type"] == "sql" and config["registry"]["path"].endswith("5432/x")
+    mixed = yaml.safe_load(store.feast_yaml(load_settings(registry={"type": "sql"})))  # any pair works
+    assert mixed["online_store"]["type"] == "sqlite" and mixed["registry"]["registry_type"] == "sql"
+
+
+def test_the_repos_feature_store_yaml_is_the_generators_default():
+    """feature_repo/feature_store.yaml (what a plain `feast apply` reads) cannot drift from the generator."""
+    defaults = load_settings(online_store=OnlineStoreSettings(), registry=RegistrySettings())
+    expected = store.feast_yaml(defaults, home=store.HOME_VARIABLE)
+    assert (FEATURE_REPO_DIR / "feature_store.yaml").read_text() == expected, (
+        "regenerate it: feature_repo/feature_store.yaml = shoprec.features.store.feast_yaml(defaults, home=HOME_VARIABLE)")
+    assert sorted(p.name for p in FEATURE_REPO_DIR.glob("*.yaml")) == ["feature_store.yaml"]
 
 
 def test_extend_sequence_follows_recent_items_with_ties_and_late_events():

@@ -7,8 +7,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from shoprec.generate import CATEGORIES, Behaviour, default_sizes, generate, generate_window, write_generated
 from shoprec.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS, ITEM_ARROW_SCHEMA, ITEM_COLUMNS, conform_events
+from simulator.catalog import CATEGORIES
+from simulator.shop import Behaviour, default_sizes, generate, generate_window, write_generated
 
 START = pd.Timestamp("2026-01-01", tz="UTC")
 

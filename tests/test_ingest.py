@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from shoprec import lake
 from shoprec.adapters import read_batch
-from shoprec.cli import cli
+from entrypoints.cli import cli
 from shoprec.ingest import ingest, validate_only
 
 FIXTURES = Path(__file__).parent / "fixtures"

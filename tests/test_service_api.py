@@ -10,30 +10,32 @@ from __future__ import annotations
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import pandas as pd
 import pytest
 
-from tests.service_harness import TOKEN, RedisServer, Server, call, env_for, prepare_shop  # noqa: E402
+from services.client import ServiceError, reload_service, smoke_test
+from shoprec.features.store import materialize
+from shoprec.features.tables import build_tables, event_log_dir
+from shoprec.ingest import ingest
+from shoprec.lake import read_events
+from tests.service_harness import TOKEN, RedisServer, Server, call, env_for, prepare_shop, shop_settings
+from training.artifact import ArtifactError
+from training.registry import POINTER, promote
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
 def shop(tmp_path_factory):
-    import os
-
     home = tmp_path_factory.mktemp("service-home")
     redis = RedisServer(home / "redis").start()
+    settings = shop_settings(home, redis.port)
+    info = prepare_shop(settings=settings)
     env = env_for(home, redis.port)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        info = prepare_shop()
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     server = Server(env, log_path=home / "serve.log").start()
-    yield {"home": home, "redis": redis, "server": server, "env": env, **info}
+    yield {"home": home, "redis": redis, "server": server, "env": env, "settings": settings, **info}
     server.stop()
     redis.kill()
 
@@ -50,9 +52,7 @@ def known_user(shop) -> str:
 
 
 def settings_of(shop):
-    from shoprec.config import load_settings
-
-    return load_settings(home=shop["home"])
+    return shop["settings"]
 
 
 # --- /recommend -------------------------------------------------------------------------
@@ -64,13 +64,14 @@ def test_recommend_for_a_known_user(shop, server):
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
     assert all(i["reason"].startswith("because you ") for i in body["items"])
+    prices = shop["items"].set_index("item_id")["price"]
+    for item in body["items"]:  # the catalog's price, read online with the availability
+        assert item["price"] == (None if pd.isna(prices[item["item_id"]]) else pytest.approx(prices[item["item_id"]]))
 
 
 def test_concurrent_requests_get_the_answers_they_get_alone(shop, server):
     """Concurrent /recommend calls share one store read and model call (adaptive batching):
     each must still get exactly its own answer."""
-    from concurrent.futures import ThreadPoolExecutor
-
     users = shop["events"]["user_id"].drop_duplicates().astype(str).tolist()[:24]
     history = shop["events"]["item_id"].astype(str).tolist()[:3]
     payloads = [{"user_id": u, "k": 5} for u in users] + [{"history": history, "k": 5}, {"user_id": "nobody-at-all"}]
@@ -130,7 +131,8 @@ def test_unknown_user_or_empty_history_gets_trending(server, payload):
         (b'{"k": 5}', 422, "either user_id or history"),
         (b'{"user_id": "u1", "k": 100000000000000000000}', 422, "k must be between 1 and"),
         (b'{"user_id": "u1", "k": 0}', 422, "k must be between 1 and"),
-        (json.dumps({"user_id": "u" * 500}).encode(), 422, "longer than"),
+        (json.dumps({"user_id": "u" * 500}).encode(), 422, "user_id must be 1 to"),
+        (json.dumps({"history": ["ok", "bad\u0001"]}).encode(), 422, "history[1] contains control characters"),
         (json.dumps({"history": ["a"] * 5000}).encode(), 422, "at most"),
     ],
 )
@@ -213,6 +215,14 @@ def test_a_batch_with_one_invalid_event_is_refused_whole(shop, server):
     assert body["fallback"] is True
 
 
+def test_events_with_out_of_range_numbers_are_refused_clearly(shop, server):
+    item = str(shop["items"]["item_id"].iloc[0])
+    batch = [{**_event("numbers-user", item), "quantity": 2**63}, {**_event("numbers-user", item), "price": -1}]
+    status, body = call(server, "POST", "/events", {"events": batch}, token=TOKEN)
+    assert status == 422 and [e["index"] for e in body["detail"]] == [0, 1]
+    assert "quantity is below 1 or above" in body["detail"][0]["errors"][0]
+
+
 def test_a_click_changes_the_next_recommendation(shop, server):
     user = "fresh-user-1"
     items = shop["events"]["item_id"].value_counts().index
@@ -226,9 +236,6 @@ def test_a_click_changes_the_next_recommendation(shop, server):
 
 
 def test_forget_user_removes_online_and_offline_data(shop, server):
-    from shoprec.features.tables import event_log_dir
-    from shoprec.lake import read_events
-
     user = str(shop["events"]["user_id"].value_counts().index[0])  # the most active lake user
     item = str(shop["events"]["item_id"].iloc[0])
     assert call(server, "POST", "/events", {"events": [_event(user, item)]}, token=TOKEN)[0] == 200
@@ -241,9 +248,47 @@ def test_forget_user_removes_online_and_offline_data(shop, server):
     assert call(server, "POST", "/recommend", {"user_id": user, "k": 3})[1]["fallback"] is True
 
 
-def test_deploy_steps_reload_and_smoke_test(shop, server):
-    from services.client import ServiceError, reload_service, smoke_test
+def _catalog_batch(shop, folder, unavailable: str, skip_users: set[str]):
+    """The shop's next export: 500 later events of other users, and the catalog with one item out of stock."""
+    events = shop["events"][~shop["events"]["user_id"].isin(skip_users)].tail(500)
+    events = events.assign(timestamp=events["timestamp"] + pd.Timedelta(seconds=1))
+    items = shop["items"].copy()
+    items.loc[items["item_id"] == unavailable, "available"] = False
+    folder.mkdir()
+    events.to_parquet(folder / "events.parquet")
+    items.to_parquet(folder / "items.parquet")
+    return folder
 
+
+def test_an_item_out_of_stock_leaves_the_next_answer_without_a_model_swap(shop, server, tmp_path):
+    """The catalog marks an item unavailable; the features pipeline's own steps (ingest, build,
+    materialize) bring it online, and the running service drops it: same model, no reload."""
+    user = known_user(shop)
+    before = call(server, "POST", "/recommend", {"user_id": user, "k": 5})[1]
+    loaded = call(server, "GET", "/model")[1]
+    gone = before["items"][0]["item_id"]
+    settings = settings_of(shop)
+    top_user = str(shop["events"]["user_id"].value_counts().index[0])
+    report = ingest(_catalog_batch(shop, tmp_path / "export", gone, {user, top_user}), "events", settings)
+    assert report.status == "accepted", report.failures
+    build_tables(settings)
+    materialize(settings)
+    deadline = time.monotonic() + 5  # within seconds: a worker reuses an item's state for up to a second
+    while True:
+        after = call(server, "POST", "/recommend", {"user_id": user, "k": 5})[1]
+        if gone not in {i["item_id"] for i in after["items"]} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert after["model_version"] == before["model_version"] == shop["version"]
+    assert call(server, "GET", "/model")[1]["loaded_at"] == loaded["loaded_at"]  # no swap, no reload
+    ids = [i["item_id"] for i in after["items"]]
+    assert gone not in ids
+    assert ids[:4] == [i["item_id"] for i in before["items"][1:]]  # the rest in order, the next one fills in
+    _, similar = call(server, "POST", "/similar_items", {"item_id": ids[0], "k": 50})
+    assert gone not in {i["item_id"] for i in similar["items"]}
+
+
+def test_deploy_steps_reload_and_smoke_test(shop, server):
     settings = settings_of(shop).model_copy(update={"api_token": TOKEN})
     assert reload_service(settings, shop["version"], url=server.url)["status"] == "unchanged"
     assert smoke_test(settings, shop["version"], url=server.url)["items"] == 5
@@ -255,8 +300,6 @@ def test_deploy_steps_reload_and_smoke_test(shop, server):
 
 # --- robustness ---------------------------------------------------------------------------------
 def test_a_bad_model_version_does_not_take_the_service_down(shop, server):
-    from training.registry import promote
-
     bad = shop["home"] / "models" / "v-broken"
     bad.mkdir(parents=True, exist_ok=True)
     (bad / "metadata.json").write_text("{not json")
@@ -267,7 +310,11 @@ def test_a_bad_model_version_does_not_take_the_service_down(shop, server):
     status, body = call(server, "POST", "/admin/reload", {"version": "../../etc"}, token=TOKEN)
     assert status == 422 and "version name" in body["error"]
     settings = settings_of(shop)
-    promote("v-broken", settings)  # the watcher finds it, fails to load it and keeps serving
+    with pytest.raises(ArtifactError):
+        promote("v-broken", settings)  # the registry refuses it ...
+    # ... but a pointer can still name a broken version (edited by hand, or the files changed
+    # after promotion): the watcher finds it, fails to load it and keeps serving
+    (settings.models_dir / POINTER).write_text("v-broken\n")
     try:
         time.sleep(1.5)
         assert call(server, "POST", "/recommend", {"user_id": known_user(shop), "k": 3})[1]["fallback"] is False

@@ -1,5 +1,6 @@
 """Unit tests of the service's pure logic (no server, no model): limits, rules, reasons,
-fallback rankings, model swapping, the store guard, adaptive batching, request guards, erasure in the lake."""
+fallback rankings, picking only available items, model swapping, the store guard, adaptive
+batching, request guards, erasure in the lake."""
 
 from __future__ import annotations
 
@@ -12,12 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from services.availability import Candidates, ItemStates, pick_available
 from services.batching import AsyncBatcher
-from services.catalog import Catalog, Popularity
-from services.engine import erase_from_lake
+from services.catalog import Catalog, CatalogState, Popularity
+from services.erasure import erase_from_lake
 from services.guards import Limits, RequestError, RequestGuard, authorized
 from services.ranking import TRENDING, excluded_items, explain, top_k, unit_rows
 from services.resilience import ModelHolder, StoreGuard
+from shoprec.adapters.base import Batch
+from shoprec.config import Settings
+from shoprec.features.online import ItemState
+from shoprec.features.tables import item_stats
+from shoprec.lake import read_events, write_batch
 
 LIMITS = Limits(max_k=50, max_history=5, max_events=3, max_id_length=10, max_body_bytes=100)
 
@@ -31,8 +38,8 @@ LIMITS = Limits(max_k=50, max_history=5, max_events=3, max_id_length=10, max_bod
         ("u1", None, True, "k must be an integer"),
         (None, None, 5, "give either user_id or history"),
         ("u1", ["a"], 5, "give either user_id or history"),
-        ("x" * 11, None, 5, "user_id is longer than 10"),
-        ("   ", None, 5, "user_id must not be empty"),
+        ("x" * 11, None, 5, "user_id must be 1 to 10 characters"),
+        ("   ", None, 5, "user_id must be 1 to 10 characters"),
         ("u\x00", None, 5, "control characters"),
         ("u\x7f", None, 5, "control characters"),
         (None, list("abcdef"), 5, "history has 6 items; at most 5"),
@@ -105,11 +112,16 @@ ITEMS = pd.DataFrame(
 
 def test_catalog_aligns_with_the_model_vocabulary():
     cat = Catalog.build(["b", "a", "z"], ITEMS)
-    assert cat.available.tolist() == [False, True, True]  # z is not in the catalog: assumed available
     assert cat.categories.tolist() == ["eyes", "lips", None]
     assert cat.title("a") == "Red lipstick" and cat.title("z") == "z"
     assert cat.texts["new"] == "Green serum | skin"
     assert cat.indices(["a", "unknown", "z"]) == [1, 2]
+
+
+def _item_stats(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """The offline item_stats table the features pipeline builds, as serving reads it."""
+    events = events.assign(user_id="u", event_type="view")
+    return item_stats(events, items.assign(price=[1.0, 2.0, 3.0][: len(items)]), Settings())
 
 
 def test_trending_uses_the_last_days_before_the_newest_event():
@@ -117,9 +129,20 @@ def test_trending_uses_the_last_days_before_the_newest_event():
     events = pd.DataFrame(
         {"item_id": ["a"] * 5 + ["b", "b"], "timestamp": [t - pd.Timedelta(days=30)] * 5 + [t, t]}
     )
-    pop = Popularity.from_events(events, {"a": 0, "b": 1, "c": 2}, days=7)
+    table = _item_stats(events, ITEMS.assign(item_id=["a", "b", "c"]))
+    pop = Popularity.from_item_stats(table, {"a": 0, "b": 1, "c": 2}, days=7)
     assert pop.trending.tolist() == [0.0, 1.0, 0.0]
     assert pop.overall.tolist() == pytest.approx([1.0, 0.4, 0.0])
+
+
+def test_last_known_state_is_the_newest_row_of_the_offline_table():
+    t = pd.Timestamp("2024-01-10", tz="UTC")
+    events = pd.DataFrame({"item_id": ["a", "a", "b"], "timestamp": [t - pd.Timedelta(days=3), t, t]})
+    table = _item_stats(events, ITEMS)  # b unavailable; "new" never interacted with
+    state = CatalogState.from_item_stats(table, {"b": 0, "a": 1, "z": 2, "new": 3})
+    assert state.available.tolist() == [False, True, True, True]  # z is in no table: assumed available
+    assert state.state("a") == ItemState(True, 1.0) and state.state("b") == ItemState(False, 2.0)
+    assert state.state("z") == ItemState(True, None) and state.state("nope") == ItemState(None, None)
 
 
 def test_reason_names_the_closest_history_item_with_its_event():
@@ -128,6 +151,91 @@ def test_reason_names_the_closest_history_item_with_its_event():
     reasons = explain([2, 3], [(0, "purchase"), (1, "view")], emb, titles.__getitem__)
     assert reasons == ["because you bought Lipstick", "because you viewed Mascara"]
     assert explain([2], [], emb, titles.__getitem__) == [TRENDING]
+
+
+# --- only available items -------------------------------------------------------------------
+IDS = [f"i{n}" for n in range(12)]
+
+
+class CatalogOnline:
+    """The item states an online store would hold (a dict), counting the reads it gets."""
+
+    def __init__(self, unavailable=(), prices=None):
+        self.unavailable = set(unavailable)
+        self.prices = prices or {}
+        self.reads: list[list[str]] = []
+
+    def read(self, item_ids):
+        self.reads.append(list(item_ids))
+        return {i: ItemState(i not in self.unavailable, self.prices.get(i)) for i in item_ids}
+
+
+def _problem(k, banned=(), categories=None, cap=0):
+    mask = np.zeros(len(IDS), dtype=bool)
+    mask[list(banned)] = True
+    return Candidates(IDS, np.linspace(1, 0, len(IDS)), k, mask, categories, cap)
+
+
+def test_an_item_marked_unavailable_leaves_the_answer_and_the_next_one_fills_in():
+    """The catalog changes between two answers of the same model: the second one drops the item."""
+    catalog = CatalogOnline(prices={"i0": 9.5})
+    (before,), states = pick_available([_problem(3)], catalog.read)
+    assert before == [0, 1, 2] and states["i0"].price == 9.5
+    catalog.unavailable.add("i1")
+    (after,), _ = pick_available([_problem(3)], catalog.read)
+    assert after == [0, 2, 3]
+    (shown,), _ = pick_available([_problem(3)], catalog.read, hide_unavailable=False)
+    assert shown == [0, 1, 2]  # the shop shows unavailable items: states are read, nothing skipped
+
+
+def test_one_read_per_batch_with_the_next_candidates_prefetched():
+    catalog = CatalogOnline(unavailable={"i1", "i6"})
+    picks, _ = pick_available([_problem(4), _problem(4, banned=[0, 2])], catalog.read)
+    assert picks == [[0, 2, 3, 4], [3, 4, 5, 7]]
+    assert len(catalog.reads) == 1  # the unavailable picks were replaced from prefetched candidates
+    assert set(catalog.reads[0]) >= {"i0", "i1", "i2", "i3", "i4", "i5", "i6", "i7"}
+
+
+def test_many_unavailable_items_are_read_in_more_rounds_until_k_are_found():
+    catalog = CatalogOnline(unavailable={f"i{n}" for n in range(8)})
+    (picks,), _ = pick_available([_problem(3)], catalog.read)
+    assert picks == [8, 9, 10] and len(catalog.reads) > 1
+    (few,), _ = pick_available([_problem(3)], CatalogOnline(unavailable=set(IDS[:10])).read)
+    assert few == [10, 11]  # fewer available than k: all of them
+
+
+def test_picks_equal_the_full_ranking_without_unavailable_items_under_a_category_cap():
+    rng = np.random.default_rng(0)
+    categories = np.array(rng.choice(["a", "b", "c", None], len(IDS)), dtype=object)
+    for trial in range(30):
+        unavailable = set(rng.choice(IDS, rng.integers(0, 8), replace=False))
+        problem = _problem(4, categories=categories, cap=1)
+        problem.scores = rng.random(len(IDS))
+        (picks,), _ = pick_available([problem], CatalogOnline(unavailable).read)
+        banned = np.array([i in unavailable for i in IDS])
+        assert picks == top_k(problem.scores, 4, banned=banned, categories=categories, max_per_category=1), trial
+
+
+def test_item_states_are_reused_briefly_and_last_known_stands_in_for_a_store_outage():
+    now = [0.0]
+    catalog = CatalogOnline(prices={"i0": 5.0})
+    states = ItemStates(catalog.read, StoreGuard(cooldown_s=10, clock=lambda: now[0]), ttl_s=1.0, clock=lambda: now[0])
+    last_known = CatalogState({"i0": 0, "i1": 1}, np.array([True, False]), np.array([4.0, 3.0]))
+    read = states.reader(last_known)
+    assert read(["i0", "i1"]) == {"i0": ItemState(True, 5.0), "i1": ItemState(True, None)}  # online wins
+    catalog.unavailable.add("i0")
+    now[0] = 0.5
+    assert read(["i0"])["i0"].available is True and len(catalog.reads) == 1  # within the TTL: no read
+    now[0] = 1.5
+    assert read(["i0"])["i0"].available is False and len(catalog.reads) == 2  # the change arrives
+
+    def down(item_ids):
+        raise ConnectionError("store down")
+
+    outage = ItemStates(down, StoreGuard(cooldown_s=10, clock=lambda: now[0]), clock=lambda: now[0])
+    assert outage.reader(last_known)(["i0", "i1", "x"]) == {
+        "i0": ItemState(True, 4.0), "i1": ItemState(False, 3.0), "x": ItemState(None, None)}
+    assert "store down" in outage.store.last_error
 
 
 # --- model holder ---------------------------------------------------------------------------
@@ -140,14 +248,15 @@ def test_failed_version_keeps_the_old_one_serving_and_is_reported():
         return f"model-{version}"
 
     holder = ModelHolder(load, lambda: pointer["v"])
-    assert holder.refresh()["status"] == "swapped" and holder.current == "model-v1"
-    assert holder.refresh()["status"] == "unchanged"
+    assert holder.refresh().status == "swapped" and holder.current == "model-v1"
+    assert holder.refresh().status == "unchanged"
     pointer["v"] = "bad"
     report = holder.refresh()
-    assert report["status"] == "failed" and holder.current == "model-v1" and holder.version == "v1"
+    assert report.status == "failed" and holder.current == "model-v1" and holder.version == "v1"
     assert "weights are corrupt" in holder.last_failure["error"]
+    assert report.to_json() == {"status": "failed", "serving": "v1", "failure": holder.last_failure}
     pointer["v"] = "v2"
-    assert holder.refresh()["serving"] == "v2" and holder.last_failure is None
+    assert holder.refresh().to_json() == {"status": "swapped", "serving": "v2"} and holder.last_failure is None
 
 
 def test_requests_see_the_old_model_until_the_new_one_is_complete():
@@ -298,9 +407,6 @@ def test_non_json_bodies_are_refused():
 
 # --- erasure ----------------------------------------------------------------------------------
 def test_erasure_removes_only_that_users_events(tmp_path):
-    from shoprec.adapters.base import Batch
-    from shoprec.lake import read_events, write_batch
-
     t = pd.Timestamp("2024-01-01", tz="UTC")
     events = pd.DataFrame(
         {"user_id": ["u1", "u2", "u1", "u3"], "item_id": list("abcd"), "event_type": ["view"] * 4,
@@ -311,20 +417,3 @@ def test_erasure_removes_only_that_users_events(tmp_path):
     assert erase_from_lake(tmp_path, "u1") == 2
     assert sorted(read_events(tmp_path)["user_id"]) == ["u2", "u3"]
     assert erase_from_lake(tmp_path, "u1") == 0
-
-
-# --- BentoML model store ------------------------------------------------------------------------
-def test_register_in_bentoml_copies_the_version_once(settings, tmp_path):
-    from services.registry import register_in_bentoml, registered_path
-
-    version_dir = tmp_path / "sasrec-20260101T000000Z-abc123"
-    version_dir.mkdir()
-    (version_dir / "items.json").write_text('["a", "b"]')
-    (version_dir / "metadata.json").write_text(json.dumps({"version": version_dir.name, "metrics": {"HR@10": 0.5}}))
-    tag = register_in_bentoml(version_dir, settings)
-    assert tag.startswith("shoprec-recommender:sasrec-20260101t000000z-abc123")
-    assert register_in_bentoml(version_dir, settings) == tag  # idempotent
-    stored = registered_path(version_dir.name, settings)
-    assert (stored / "items.json").read_text() == '["a", "b"]' and str(settings.bentoml_home) in str(stored)
-    with pytest.raises(FileNotFoundError):
-        register_in_bentoml(tmp_path / "missing", settings)

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import EvalSet, ItemVocab, leave_one_out, pad_left, user_sequences
+from training.data import EvalSet, ItemVocab, leave_one_out, pad_left, time_split, user_sequences
 from training.evaluate import evaluate_scorer
 from training.metrics import NDCG, Coverage, HitRate, PopularityBias, target_ranks
+from training.trainer import training_examples
 
 
 def test_hit_rate_and_ndcg_by_hand():
@@ -67,8 +68,6 @@ def test_leave_one_out_never_puts_the_target_into_the_input():
         for history, target, user in zip(evalset.inputs, evalset.targets, evalset.user_ids):
             cut = len(history)  # the input is exactly the prefix before the target's position
             assert list(full[user][:cut]) == list(history) and full[user][cut] == target
-    from training.trainer import training_examples
-
     _, train_targets, _ = training_examples(split.train, max_len=10)
     assert list(train_targets[0][train_targets[0] > 0]) == a[1:3]  # a's training never predicts its valid/test items
     assert all(s[0] != vocab.index["3"] for s in split.train)  # b keeps one item: no (input, next) pair to train on
@@ -83,8 +82,6 @@ def test_pad_left_keeps_the_most_recent_items_and_their_positions():
 
 
 def test_time_split_predicts_the_first_item_after_the_cutoff_from_history_before_it():
-    from training.data import time_split
-
     t = lambda day: pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(days=day)  # noqa: E731
     events = pd.DataFrame({
         "user_id": ["a", "a", "a", "a", "b", "b", "c"],

@@ -1,4 +1,5 @@
-"""SASRec end to end on tiny data: learning, artifact round trip, warm start, bad input."""
+"""SASRec end to end on tiny data: learning, the Trainer, the typed hyperparameters, a trained
+artifact's round trip, warm start. (The loader's edge cases over every format: test_model_contract.py.)"""
 
 import json
 
@@ -7,13 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-from training.artifact import ArtifactError, load_recommender, save_artifact
+from shoprec.config import load_hyperparameters, load_settings
+from simulator.shop import generate
+from training.artifact import load_recommender, save_artifact
+from training.compression.folding import fold_text_tower
+from training.compression.variant import TorchVariant, save_variant
 from training.data import ItemVocab, leave_one_out, user_sequences
 from training.evaluate import evaluate_all, model_scorer
-from training.models import build_model, load_hyperparameters
-from training.pipeline import train_version, warm_start
-from training.registry import list_versions, production_version, promote
-from training.trainer import fit
+from training.models import new_model
+from training.pipeline import checkpoint_dir, train_version, warm_start
+from training.trainer import Trainer, length_bucketed_batches
 
 N_RING = 12
 
@@ -28,13 +32,16 @@ def ring_events(n_users: int = 48, length: int = 8, start_day: int = 0, ring: in
 
 
 def quick_hp(**overrides):
-    return {**load_hyperparameters("sasrec", "quick"), "use_text": False, **overrides}
+    return load_hyperparameters("sasrec", "quick", {"use_text": False, **overrides})
 
 
-def make_model(n_vocab, hp, text_dim=0, text=None):
-    torch.manual_seed(hp["seed"])
-    keys = ("model", "hidden", "layers", "heads", "inner", "dropout", "attn_dropout", "max_len")
-    return build_model({**{k: hp[k] for k in keys}, "n_vocab": n_vocab, "text_dim": text_dim}, text)
+def make_model(n_vocab, hp):
+    torch.manual_seed(hp.seed)
+    return new_model(hp, n_vocab)
+
+
+def train(model, split, hp, **kwargs):
+    return Trainer(model, split, hp, progress=False).fit(**kwargs)
 
 
 def test_overfits_a_tiny_deterministic_sequence_set():
@@ -43,7 +50,7 @@ def test_overfits_a_tiny_deterministic_sequence_set():
     split = leave_one_out(user_sequences(events), vocab)
     hp = quick_hp(dropout=0.0, attn_dropout=0.0, max_epochs=40, patience=40)
     model = make_model(len(vocab), hp)
-    fit(model, split, hp, progress=False)
+    train(model, split, hp)
     report = evaluate_all({"m": model_scorer(model)}, split, len(vocab))["m"]
     assert report["HR@5"] >= 0.95
     ranks_at_1 = evaluate_all({"m": model_scorer(model)}, split, len(vocab), which="valid")["m"]
@@ -51,15 +58,15 @@ def test_overfits_a_tiny_deterministic_sequence_set():
 
 
 def test_beats_popularity_by_a_wide_margin_on_the_synthetic_shop(settings):
-    from shoprec.generate import generate
-
     batch = generate(4000, seed=3)
-    version, report = train_version(settings, events=batch.events, items=batch.items, protocol="loo", profile="quick",
-                                    overrides={"use_text": False, "max_epochs": 15}, progress=False, checkpoint=False)
+    settings = settings.with_overrides(training={"preset": "quick", "overrides": {"use_text": False, "max_epochs": 15}})
+    version, report = train_version(settings, events=batch.events, items=batch.items, protocol="loo", progress=False,
+                                    checkpoint=False)
     ours, popular = report["metrics"]["NDCG@10"], report["baselines"]["popularity"]["NDCG@10"]
     assert ours > 2 * popular and ours - popular > 0.05, (ours, popular)
     meta = json.loads((settings.models_dir / version / "metadata.json").read_text())
     assert meta["protocol"] == "loo" and meta["data_fingerprint"] and meta["metrics"]["NDCG@10"] == ours
+    assert meta["hyperparameters"] == settings.hyperparameters.model_dump()  # a plain dict, as older readers expect
 
 
 def test_sampled_softmax_learns_and_covers_the_catalog_when_negatives_exceed_it():
@@ -68,21 +75,19 @@ def test_sampled_softmax_learns_and_covers_the_catalog_when_negatives_exceed_it(
     split = leave_one_out(user_sequences(events), vocab)
     hp = quick_hp(dropout=0.0, attn_dropout=0.0, max_epochs=40, patience=40, negatives=8)
     model = make_model(len(vocab), hp)
-    items, positions = torch.tensor([[0, 1, 2, 3]]), torch.arange(hp["max_len"] - 4, hp["max_len"]).unsqueeze(0)
+    items, positions = torch.tensor([[0, 1, 2, 3]]), torch.arange(hp.max_len - 4, hp.max_len).unsqueeze(0)
     targets = torch.tensor([[0, 2, 3, 4]])
     torch.manual_seed(0)
     full = model.loss(items, positions, targets)
     assert torch.allclose(model.loss(items, positions, targets, negatives=len(vocab)), full)  # no sampling then
     assert not torch.allclose(model.loss(items, positions, targets, negatives=8), full)
-    fit(model, split, hp, progress=False)  # 8 sampled negatives of a 40-item catalog
+    train(model, split, hp)  # 8 sampled negatives of a 40-item catalog
     assert evaluate_all({"m": model_scorer(model)}, split, len(vocab))["m"]["HR@5"] >= 0.9
 
 
 @pytest.fixture(scope="module")
 def module_settings(tmp_path_factory):
-    from shoprec.config import load_settings
-
-    return load_settings(home=tmp_path_factory.mktemp("home"))
+    return load_settings(home=tmp_path_factory.mktemp("home"), training={"preset": "quick", "overrides": {"max_epochs": 8}})
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +96,7 @@ def trained(module_settings):
     settings = module_settings
     events = ring_events(start_day=0)
     items = pd.DataFrame({"item_id": [f"i{i}" for i in range(N_RING)], "title": [f"product number {i}" for i in range(N_RING)]})
-    version, _ = train_version(settings, events=events, items=items, protocol="full", profile="quick",
-                               overrides={"max_epochs": 8}, progress=False, checkpoint=False)
+    version, _ = train_version(settings, events=events, items=items, protocol="full", progress=False, checkpoint=False)
     return version, events, items
 
 
@@ -112,55 +116,9 @@ def test_save_load_round_trip_gives_identical_scores(module_settings, trained):
     assert new_item.shape == (rec.torch_model.config["hidden"],)
 
 
-def test_bad_inputs_give_clear_errors(module_settings, trained):
-    settings = module_settings
-    rec = load_recommender(trained[0], settings)
-    with pytest.raises(ValueError, match="empty history"):
-        rec.score([[]])
-    with pytest.raises(ValueError, match="none of the"):
-        rec.score([["nope", "also-nope"]])
-    with pytest.raises(ValueError, match="k must be positive"):
-        rec.recommend(["i1"], k=0)
-    with pytest.raises(ValueError, match="dimension 384"):
-        rec.embed_new_item_text(np.ones(10))
-    assert np.array_equal(rec.score([["i1", "unknown", "i2"]]), rec.score([["i1", "i2"]]))  # unknown ids ignored
-    long = [f"i{k % N_RING}" for k in range(100)]
-    assert np.array_equal(rec.score([long]), rec.score([long[-rec.max_len:]]))  # only the most recent max_len count
-
-
-def test_corrupt_or_mismatched_artifacts_are_rejected(module_settings, trained):
-    settings = module_settings
-    import shutil
-
-    root = settings.models_dir / "scratch-copy"
-    shutil.copytree(settings.models_dir / trained[0], root)
-    version = str(root)
-    with pytest.raises(ArtifactError, match="no model version"):
-        load_recommender("does-not-exist", settings)
-    weights = root / "model.safetensors"
-    original = weights.read_bytes()
-    weights.write_bytes(original[:-10] + b"0123456789")
-    with pytest.raises(ArtifactError, match="checksum"):
-        load_recommender(version, settings)
-    weights.write_bytes(original)
-    items = json.loads((root / "items.json").read_text())
-    (root / "items.json").write_text(json.dumps(items[:-1]))
-    meta = json.loads((root / "metadata.json").read_text())
-    import hashlib
-
-    meta["sha256"]["items.json"] = hashlib.sha256((root / "items.json").read_bytes()).hexdigest()
-    (root / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ArtifactError, match="items.json has"):
-        load_recommender(version, settings)
-    (root / "metadata.json").write_text("{not json")
-    with pytest.raises(ArtifactError, match="not valid JSON"):
-        load_recommender(version, settings)
-
-
 def test_warm_start_adds_new_items_and_keeps_old_scores_close(module_settings, trained):
-    settings = module_settings
     version, old_events, items = trained
-    base = load_recommender(version, settings)
+    base = load_recommender(version, module_settings)
     # new events, a week later: a few users walk into two brand-new items
     new = pd.DataFrame({
         "user_id": [f"u{u}" for u in range(6) for _ in range(4)],
@@ -170,50 +128,95 @@ def test_warm_start_adds_new_items_and_keeps_old_scores_close(module_settings, t
     new_items = pd.DataFrame({"item_id": [f"i{i}" for i in range(N_RING + 2)],
                               "title": [f"product number {i}" for i in range(N_RING + 2)]})
     events = pd.concat([old_events, new], ignore_index=True)
-    new_version, report = warm_start(settings, version, events=events, items=new_items, profile="quick", progress=False)
+    # the settings now name the full preset (hidden 64): the base's quick architecture (hidden 32) still rules
+    settings = module_settings.with_overrides(training={"preset": "full", "overrides": {"warm_start_epochs": 2}})
+    new_version, report = warm_start(settings, version, events=events, items=new_items, progress=False)
     grown = load_recommender(new_version, settings)
     assert grown.item_ids[:N_RING] == base.item_ids and set(grown.item_ids[N_RING:]) == {f"i{N_RING}", f"i{N_RING + 1}"}
     assert report["new_items"] == 2 and grown.metadata["parent_version"] == version
+    assert report["training"]["epochs"] == 2
+    used = grown.metadata["hyperparameters"]
+    assert {k: used[k] for k in ("hidden", "max_len", "use_text")} == {"hidden": 32, "max_len": 20, "use_text": True}
+    assert used["warm_start_lr"] == settings.hyperparameters.warm_start_lr
     histories = [["i1", "i2", "i3"], ["i5", "i6"], ["i9"]]
     before, after = base.score(histories), grown.score(histories)[:, :N_RING]
     for b, a in zip(before, after):
         assert np.corrcoef(b, a)[0, 1] > 0.8
     assert np.isfinite(grown.score([[f"i{N_RING}"]])).all()  # a new item is usable as history at once
     with pytest.raises(ValueError, match="no events after"):
-        warm_start(settings, new_version, events=events, items=new_items, profile="quick", progress=False)
+        warm_start(settings, new_version, events=events, items=new_items, progress=False)
 
 
-def test_registry_promotes_atomically_and_rejects_unknown_versions(module_settings, trained):
-    settings = module_settings
-    version = trained[0]
-    assert production_version(settings) is None
-    promote(version, settings)
-    assert production_version(settings) == version
-    assert [v["production"] for v in list_versions(settings) if v["version"] == version] == [True]
-    with pytest.raises(ArtifactError, match="cannot promote"):
-        promote("nope", settings)
-    assert production_version(settings) == version
+def test_warm_start_refuses_a_compressed_variant_and_names_its_trained_root(module_settings, trained):
+    version, events, items = trained
+    base = load_recommender(version, module_settings)
+    folded = TorchVariant("folded", fold_text_tower(base.torch_model), codecs=lambda name, tensor: "fp32")
+    variant = save_variant(folded, base, module_settings.models_dir)
+    with pytest.raises(ValueError, match=f"compressed variant.*{version}"):
+        warm_start(module_settings, variant, events=events, items=items, progress=False)
 
 
-def test_checkpoints_resume_where_training_stopped(tmp_path):
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     events = ring_events(n_users=16, length=6)
     vocab = ItemVocab.from_events(events)
     split = leave_one_out(user_sequences(events), vocab)
     hp = quick_hp(max_epochs=4, patience=10)
     interrupted = make_model(len(vocab), hp)
-    first = fit(interrupted, split, hp, checkpoint_dir=tmp_path, epochs=2, progress=False)
+    first = Trainer(interrupted, split, hp, checkpoint_dir=tmp_path, progress=False).fit(epochs=2)
+    assert (tmp_path / "checkpoint.pt").exists()
     resumed = make_model(len(vocab), hp)
-    result = fit(resumed, split, hp, checkpoint_dir=tmp_path, epochs=4, progress=False)
+    result = Trainer(resumed, split, hp, checkpoint_dir=tmp_path, progress=False).fit()
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
-    assert result.history[:2] == first.history
+    assert result.history[:2] == first.history  # epochs 1-2 come from the checkpoint, not trained again
     straight = make_model(len(vocab), hp)
-    reference = fit(straight, split, hp, epochs=4, progress=False)
-    assert [h["loss"] for h in result.history] == pytest.approx([h["loss"] for h in reference.history], rel=1e-4)
+    reference = train(straight, split, hp)
+    for key in ("loss", "valid_NDCG@10", "valid_HR@10"):
+        assert [h[key] for h in result.history] == pytest.approx([h[key] for h in reference.history], rel=1e-5)
+    assert result.best_epoch == reference.best_epoch
+    for name, weight in straight.state_dict().items():  # both end with the best epoch's weights
+        torch.testing.assert_close(resumed.state_dict()[name], weight, rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_restores_the_best_weights():
+    events = ring_events(n_users=16, length=6)
+    vocab = ItemVocab.from_events(events)
+    split = leave_one_out(user_sequences(events), vocab)
+    hp = quick_hp(max_epochs=30, patience=1, lr=0.05, warmup_steps=0)  # a large step: validation soon stops improving
+    model = make_model(len(vocab), hp)
+    result = train(model, split, hp)
+    assert result.epochs < 30 and result.epochs == result.best_epoch + hp.patience
+    valid = evaluate_all({"m": model_scorer(model)}, split, len(vocab), which="valid")["m"]
+    assert valid["NDCG@10"] == pytest.approx(result.best_valid["NDCG@10"])
+
+
+def test_checkpoints_are_keyed_by_the_hyperparameters(settings):
+    events = ring_events(n_users=4, length=3)
+    quick = settings.with_overrides(training={"preset": "quick"}).hyperparameters
+    again = settings.with_overrides(training={"preset": "quick"}).hyperparameters
+    longer = settings.with_overrides(training={"preset": "quick", "overrides": {"max_epochs": 31}}).hyperparameters
+    assert checkpoint_dir(settings, quick, "full", events) == checkpoint_dir(settings, again, "full", events)
+    assert checkpoint_dir(settings, quick, "full", events) != checkpoint_dir(settings, longer, "full", events)
+    assert checkpoint_dir(settings, quick, "full", events) != checkpoint_dir(settings, quick, "loo", events)
+
+
+def test_hyperparameters_come_from_the_preset_and_overrides_and_reject_unknown_keys(settings):
+    quick = settings.with_overrides(training={"preset": "quick", "overrides": {"max_epochs": 3}}).hyperparameters
+    assert (quick.hidden, quick.max_epochs, quick.lr) == (32, 3, 0.005)  # preset, override, preset
+    assert quick.architecture() == {"model": "sasrec", "hidden": 32, "layers": 2, "heads": 1, "inner": 64,
+                                    "dropout": 0.1, "attn_dropout": 0.1, "max_len": 20}
+    with pytest.raises(ValueError, match="unknown hyperparameter.*hiden"):
+        settings.with_overrides(training={"overrides": {"hiden": 64}})
+    with pytest.raises(ValueError, match="unknown hyperparameter.*hiden"):
+        load_hyperparameters("sasrec", "quick", {"hiden": 64})
+    with pytest.raises(ValueError, match="no preset 'tiny'"):
+        load_hyperparameters("sasrec", "tiny")
+    with pytest.raises(ValueError, match="hidden"):
+        load_hyperparameters("sasrec", "quick", {"hidden": 0})
+    with pytest.raises(ValueError, match="frozen"):
+        quick.lr = 1.0
 
 
 def test_length_bucketed_batches_cover_every_row_once_with_narrow_batches():
-    from training.trainer import length_bucketed_batches
-
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 51, 1000)
     batches = length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket_batches=10)

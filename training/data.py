@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from shoprec import lake
+from shoprec.adapters import read_batch
+from shoprec.config import SHARED_DATA_DIR
 from shoprec.features.sequence import recent_items
+from shoprec.features.store import training_set
 from shoprec.schema import conform_events
 
 PAD = 0
@@ -26,16 +30,11 @@ def load_events(source: str, settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     reads the feature store instead (``feature_store_events``).
     """
     if source == "lake":
-        from shoprec import lake
-
         events = lake.read_events(settings.lake_dir)
         if events.empty:
             raise ValueError(f"the lake at {settings.lake_dir} holds no events; run `shoprec ingest` first")
         return events, lake.read_items(settings.lake_dir)
     if source == "beauty":
-        from shoprec.adapters import read_batch
-        from shoprec.config import SHARED_DATA_DIR
-
         batch = read_batch("s3rec", SHARED_DATA_DIR / "amazon-beauty")
         return batch.events, batch.items
     raise ValueError(f"unknown data source {source!r}; choose lake or beauty")
@@ -48,8 +47,6 @@ def feature_store_events(settings, user_ids, as_of: pd.Timestamp) -> pd.DataFram
     ``as_of``), exploded back into events: the last ``features.sequence_length`` events of
     each user that the online store would have served at that moment, and nothing later.
     """
-    from shoprec.features.store import training_set
-
     refs = [f"user_recent_items:{c}" for c in ("item_ids", "event_types", "timestamps")]
     entity = pd.DataFrame({"user_id": pd.Series(user_ids, dtype="string"), "event_timestamp": pd.Timestamp(as_of)})
     rows = training_set(entity, settings, refs)

@@ -1,50 +1,208 @@
-"""Model versions on disk and the production pointer (``models_dir/PRODUCTION``)."""
+"""The one registry: model versions on disk, the production pointer and its history.
+
+``models_dir/PRODUCTION`` names the version the service serves; every promotion and
+rollback appends a line to ``models_dir/HISTORY.jsonl`` (what became production and what
+it replaced), so a rollback knows where to go back to. Both are written durably (temp
+file with a unique name, fsync, rename, directory fsync) under a lock, so two promotions
+never interleave and a reader never sees a half-written pointer. A variant's lineage
+leads to the trained version it was made from (``trained_root``).
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
-from training.artifact import ArtifactError
+from shoprec.config import Settings
+from training.artifact import ArtifactError, check_version_name, verified_manifest
+from training.artifact.manifest import METADATA, TRAINED, read_manifest
+from training.artifact.writer import fsync_path
 
 POINTER = "PRODUCTION"
+HISTORY = "HISTORY.jsonl"
+LOCK = ".registry.lock"
 
 
-def list_versions(settings) -> list[dict]:
-    """Every complete version (oldest first): version, created_at, protocol, metrics, production flag."""
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    created_at: str | None
+    protocol: str | None
+    metrics: dict = field(default_factory=dict)
+    kind: str = TRAINED  # trained | variant
+    parent_version: str | None = None  # variant: compressed from; warm start: fine-tuned from
+    production: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PromotionRecord:
+    """One line of the promotion history."""
+
+    at: str
+    action: str  # promote | rollback
+    version: str | None  # production after this step (None: the pointer was cleared)
+    previous: str | None  # production before it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def list_versions(settings: Settings) -> list[VersionInfo]:
+    """Every version with a readable manifest, oldest first (files are verified at load, not here)."""
     root = Path(settings.models_dir)
     if not root.is_dir():
         return []
     current = production_version(settings)
-    out = []
-    for meta_path in root.glob("*/metadata.json"):
-        if meta_path.parent.name.startswith("."):
-            continue
+    infos = []
+    for meta_path in root.glob(f"*/{METADATA}"):
+        folder = meta_path.parent
+        if folder.name.startswith("."):
+            continue  # a staging folder
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # an unreadable version is not listed; load_recommender reports why
-        out.append({
-            "version": meta.get("version", meta_path.parent.name),
-            "created_at": meta.get("created_at"),
-            "protocol": meta.get("protocol"),
-            "metrics": meta.get("metrics", {}),
-            "production": meta_path.parent.name == current,
-        })
-    return sorted(out, key=lambda v: (v["created_at"] or "", v["version"]))
+            manifest = read_manifest(folder)
+        except ArtifactError:
+            continue  # not listed; load_recommender says why
+        infos.append(_info(folder.name, manifest, folder.name == current))
+    return sorted(infos, key=lambda info: (info.created_at or "", info.version))
 
 
-def production_version(settings) -> str | None:
+def _info(version: str, manifest: dict, production: bool) -> VersionInfo:
+    lineage = manifest.get("lineage") or {}
+    return VersionInfo(version, manifest.get("created_at"), manifest.get("protocol"), manifest.get("metrics", {}),
+                       manifest["kind"], lineage.get("parent_version") or manifest.get("parent_version"), production)
+
+
+def production_version(settings: Settings) -> str | None:
     pointer = Path(settings.models_dir) / POINTER
-    return pointer.read_text().strip() or None if pointer.is_file() else None
+    if not pointer.is_file():
+        return None
+    return check_version_name(pointer.read_text().strip())
 
 
-def promote(version: str, settings) -> None:
-    """Point production at ``version`` (atomic rename, so readers never see a half-written pointer)."""
+def promote(version: str, settings: Settings) -> str | None:
+    """Make ``version`` production; returns the version it replaced. Refuses (ArtifactError) a
+    version that does not exist or whose files do not verify against its manifest."""
     root = Path(settings.models_dir)
-    if not (root / version / "metadata.json").is_file():
-        raise ArtifactError(f"cannot promote {version!r}: no such model version in {root}")
-    tmp = root / f".{POINTER}.tmp"
-    tmp.write_text(version + "\n")
-    os.replace(tmp, root / POINTER)
+    _verified(version, settings)
+    with _locked(root):
+        previous = production_version(settings)
+        _write_pointer(root, version)
+        _append_history(root, PromotionRecord(_now(), "promote", version, previous))
+    return previous
+
+
+def rollback(settings: Settings) -> str | None:
+    """Put back the version production had before the current one became production; returns
+    the version now in production (None: there was none before, and the pointer is cleared).
+    ValueError when nothing is in production or the history does not know the current version."""
+    root = Path(settings.models_dir)
+    with _locked(root):
+        current = production_version(settings)
+        if current is None:
+            raise ValueError(f"nothing to roll back: no production version in {root}")
+        promotions = [r for r in promotion_history(settings) if r.action == "promote" and r.version == current]
+        if not promotions:
+            raise ValueError(f"the promotion history ({root / HISTORY}) does not say what was production before "
+                             f"{current}; promote the version to go back to instead")
+        previous = promotions[-1].previous
+        if previous is None:
+            _clear_pointer(root)
+        else:
+            _verified(previous, settings)
+            _write_pointer(root, previous)
+        _append_history(root, PromotionRecord(_now(), "rollback", previous, current))
+    return previous
+
+
+def promotion_history(settings: Settings) -> list[PromotionRecord]:
+    """Every promotion and rollback, oldest first."""
+    path = Path(settings.models_dir) / HISTORY
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return [PromotionRecord(**json.loads(line)) for line in lines]
+
+
+def lineage(version: str, settings: Settings) -> list[str]:
+    """``version``, the version it was compressed from, ... up to the trained version at the root."""
+    chain = [check_version_name(version)]
+    while True:
+        manifest = _manifest(chain[-1], settings)
+        if manifest["kind"] == TRAINED:
+            return chain
+        parent = check_version_name(manifest["lineage"]["parent_version"])
+        if parent in chain:
+            raise ArtifactError(f"the lineage of {version} loops: {' -> '.join([*chain, parent])}")
+        chain.append(parent)
+
+
+def trained_root(version: str, settings: Settings) -> str:
+    """The trained (FP32) version that ``version`` is, or was compressed from."""
+    return lineage(version, settings)[-1]
+
+
+def _manifest(version: str, settings: Settings) -> dict:
+    folder = Path(settings.models_dir) / version
+    if not (folder / METADATA).is_file():
+        raise ArtifactError(f"no model version {version!r} in {settings.models_dir}")
+    return read_manifest(folder)
+
+
+def _verified(version: str, settings: Settings) -> dict:
+    folder = Path(settings.models_dir) / check_version_name(version)
+    if not folder.is_dir():
+        raise ArtifactError(f"cannot promote {version!r}: no such model version in {settings.models_dir}")
+    try:
+        return verified_manifest(folder)
+    except ArtifactError as error:
+        raise ArtifactError(f"cannot promote {version!r}: {error}") from None
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_pointer(root: Path, version: str) -> None:
+    tmp = root / f".{POINTER}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(version + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, root / POINTER)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_path(root)
+
+
+def _clear_pointer(root: Path) -> None:
+    (root / POINTER).unlink(missing_ok=True)
+    fsync_path(root)
+
+
+def _append_history(root: Path, record: PromotionRecord) -> None:
+    with open(root / HISTORY, "a") as handle:
+        handle.write(json.dumps(record.to_dict()) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()

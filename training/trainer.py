@@ -1,6 +1,6 @@
-"""The training loop: AdamW with linear warm-up, full-softmax CE, early stopping on
-validation NDCG@10, deterministic seeds, checkpoints with resume, CPU by default and
-GPU with bf16 autocast when present.
+"""The training loop (``Trainer``): AdamW with linear warm-up, full-softmax CE, early
+stopping on validation NDCG@10, deterministic seeds, checkpoints with resume, CPU by
+default and GPU with bf16 autocast when present.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from training.data import PAD, SplitData, item_counts
+from shoprec.config import Hyperparameters
+from training.data import SplitData, item_counts
 from training.evaluate import evaluate_scorer, model_scorer
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -113,78 +114,136 @@ def batch_tensors(rows: np.ndarray, inputs: np.ndarray, targets: np.ndarray, len
     return items, positions, torch.from_numpy(targets[rows, -width:]).to(device)
 
 
-def fit(model, split: SplitData, hp: dict, *, device: str = "cpu", checkpoint_dir: Path | None = None,
-        epochs: int | None = None, lr: float | None = None, progress: bool = True) -> TrainResult:
-    """Train ``model`` on ``split.train``; early stopping on ``split.valid`` NDCG@10; the model ends with its best weights.
+@dataclass
+class _RunState:
+    """What an epoch changes and a checkpoint keeps: optimizer, schedule, shuffling, progress."""
 
-    With ``checkpoint_dir``, a checkpoint is written after every epoch and an existing one is resumed.
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: np.random.Generator
+    result: TrainResult
+    best_state: dict | None = None
+    stale: int = 0  # evaluations since the best validation NDCG@10
+
+
+class Trainer:
+    """Trains ``model`` on ``split.train`` with early stopping on ``split.valid`` NDCG@10.
+
+    With ``checkpoint_dir``, a checkpoint is written after every epoch and an existing one
+    is resumed (the caller keys the folder by data and hyperparameters: a checkpoint of
+    another run must not be resumed).
     """
-    seed_everything(hp["seed"])
-    model.to(device)
-    max_len = model.max_len
-    inputs, targets, lengths = training_examples(split.train, max_len)
-    if len(inputs) == 0:
-        raise ValueError("no training sequences with at least two items")
-    counts = item_counts(split.train, model.config["n_vocab"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr or hp["lr"], weight_decay=hp["weight_decay"])
-    warmup = max(1, hp["warmup_steps"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    max_epochs = epochs or hp["max_epochs"]
-    generator = np.random.default_rng(hp["seed"])
-    result, best_state, start_epoch, stale = TrainResult(device=device), None, 1, 0
-    ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.bit_generator.state = state["generator"]
-        result, best_state, stale = state["result"], state["best_state"], state["stale"]
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = result.epochs + 1
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
-    for epoch in range(start_epoch, max_epochs + 1):
-        if stale >= hp["patience"]:
-            break
-        started = time.perf_counter()
-        model.train()
-        total, batches = 0.0, length_bucketed_batches(lengths, hp["batch_size"], generator)
+
+    def __init__(self, model: torch.nn.Module, split: SplitData, hyperparameters: Hyperparameters, *,
+                 device: str = "cpu", checkpoint_dir: Path | None = None, progress: bool = True):
+        self.model, self.split, self.hyperparameters = model, split, hyperparameters
+        self.device, self.progress = device, progress
+        self.checkpoint_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
+        self.inputs, self.targets, self.lengths = training_examples(split.train, model.max_len)
+        if len(self.inputs) == 0:
+            raise ValueError("no training sequences with at least two items")
+        self.counts = item_counts(split.train, model.config["n_vocab"])
         # batches hold rows of similar length, so a per-batch mean would weigh a short user's
         # positions ~10x more than a long user's: sum, and divide by a batch's expected count
-        positions_per_batch = hp["batch_size"] * float(lengths.mean())
-        for rows in tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False):
-            batch_items, positions, batch_targets = batch_tensors(rows, inputs, targets, lengths, max_len, device)
-            with autocast:
-                loss = model.loss(batch_items, positions, batch_targets, hp["label_smoothing"], hp.get("negatives", 0),
-                                  reduction="sum") / positions_per_batch
-            optimizer.zero_grad(set_to_none=True)
+        self.positions_per_batch = hyperparameters.batch_size * float(self.lengths.mean())
+
+    def fit(self, epochs: int | None = None, lr: float | None = None) -> TrainResult:
+        """Train up to ``epochs`` (default ``max_epochs``) at peak ``lr`` (default ``lr``);
+        the model ends with its best weights, in eval mode."""
+        seed_everything(self.hyperparameters.seed)
+        self.model.to(self.device)
+        run = self._start(lr or self.hyperparameters.lr)
+        self._resume(run)
+        max_epochs = epochs or self.hyperparameters.max_epochs
+        for epoch in range(run.result.epochs + 1, max_epochs + 1):
+            if run.stale >= self.hyperparameters.patience:
+                break
+            started = time.perf_counter()
+            record = self._train_epoch(epoch, run)
+            run.result.train_seconds += time.perf_counter() - started
+            run.result.epochs = epoch
+            if epoch % self.hyperparameters.eval_every == 0 or epoch == max_epochs:
+                record.update(self._validate(epoch, run))
+            record["seconds"] = time.perf_counter() - started
+            run.result.history.append(record)
+            self._log(record)
+            self._write_checkpoint(run)
+        if run.best_state is not None:
+            self.model.load_state_dict(run.best_state)
+        self.model.eval()
+        return run.result
+
+    def _start(self, lr: float) -> _RunState:
+        """AdamW with a linear warm-up to ``lr`` over ``warmup_steps`` steps."""
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.hyperparameters.weight_decay)
+        warmup = max(1, self.hyperparameters.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        generator = np.random.default_rng(self.hyperparameters.seed)
+        return _RunState(optimizer, scheduler, generator, TrainResult(device=self.device))
+
+    def _resume(self, run: _RunState) -> None:
+        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+            return
+        state = torch.load(self.checkpoint_path, weights_only=False)  # our own file: it pickles TrainResult
+        self.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.generator.bit_generator.state = state["generator"]
+        run.result, run.best_state, run.stale = state["result"], state["best_state"], state["stale"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def _train_epoch(self, epoch: int, run: _RunState) -> dict:
+        """One pass over every training prefix in length-bucketed batches; returns the epoch's record."""
+        self.model.train()
+        total, batches = 0.0, length_bucketed_batches(self.lengths, self.hyperparameters.batch_size, run.generator)
+        for rows in tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not self.progress, leave=False):
+            loss = self._batch_loss(rows)
+            run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            run.optimizer.step()
+            run.scheduler.step()
             total += loss.item()
-        record = {"epoch": epoch, "loss": total / len(batches)}
-        result.train_seconds += time.perf_counter() - started
-        result.epochs = epoch
-        if epoch % hp["eval_every"] == 0 or epoch == max_epochs:
-            model.eval()
-            valid = evaluate_scorer(model_scorer(model, device), split.valid, counts, hp["eval_batch_size"])
-            record.update({"valid_NDCG@10": valid["NDCG@10"], "valid_HR@10": valid["HR@10"]})
-            if valid["NDCG@10"] > result.best_valid.get("NDCG@10", -1.0):
-                result.best_epoch, result.best_valid, stale = epoch, valid, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-        record["seconds"] = time.perf_counter() - started
-        result.history.append(record)
-        if progress:
-            tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), file=sys.stderr)
-        if ckpt is not None:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "generator": generator.bit_generator.state, "result": result, "best_state": best_state,
-                        "stale": stale, "torch_rng": torch.get_rng_state()}, ckpt.with_suffix(".tmp"))
-            os.replace(ckpt.with_suffix(".tmp"), ckpt)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return result
+        return {"epoch": epoch, "loss": total / len(batches)}
+
+    def _batch_loss(self, rows: np.ndarray) -> torch.Tensor:
+        items, positions, targets = batch_tensors(rows, self.inputs, self.targets, self.lengths, self.model.max_len,
+                                                  self.device)
+        hp = self.hyperparameters
+        with self._autocast():
+            loss = self.model.loss(items, positions, targets, hp.label_smoothing, hp.negatives, reduction="sum")
+        return loss / self.positions_per_batch
+
+    def _autocast(self):
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _validate(self, epoch: int, run: _RunState) -> dict:
+        """Validation NDCG@10/HR@10; a new best keeps a copy of the weights, otherwise the run grows stale."""
+        self.model.eval()
+        valid = evaluate_scorer(model_scorer(self.model, self.device), self.split.valid, self.counts,
+                                self.hyperparameters.eval_batch_size)
+        if valid["NDCG@10"] > run.result.best_valid.get("NDCG@10", -1.0):
+            run.result.best_epoch, run.result.best_valid, run.stale = epoch, valid, 0
+            run.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            run.stale += 1
+        return {"valid_NDCG@10": valid["NDCG@10"], "valid_HR@10": valid["HR@10"]}
+
+    def _log(self, record: dict) -> None:
+        if self.progress:
+            tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                       file=sys.stderr)
+
+    def _write_checkpoint(self, run: _RunState) -> None:
+        """Everything ``_resume`` needs, written to a temp file and renamed (never a half-written checkpoint)."""
+        if self.checkpoint_path is None:
+            return
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(), "generator": run.generator.bit_generator.state,
+                    "result": run.result, "best_state": run.best_state, "stale": run.stale,
+                    "torch_rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, self.checkpoint_path)
+

@@ -1,40 +1,51 @@
 """The serving contract: what the service reads from and writes to the online store.
 
-One ``OnlineFeatures`` holds one FeatureStore. A new event updates the user's
-sequence through ``sequence.extend_sequence`` (the same rule as the batch table) and
-is written to the feature views fed by the PushSource ``user_events_push``; the event
-is first appended to the offline event log, so the next ``features build`` includes
-it. A push is a read-modify-write of the user's whole row, so updates are serialised
-per user: across threads, across the service's worker processes (a file lock on the
-host), and across hosts when the online store is Redis (a Redis lock).
+One ``OnlineFeatures`` holds one FeatureStore. Reads: a user's recent events
+(``user_recent_items``) and an item's catalog state (``item_stats``: availability and
+price, so a catalog change reaches serving at the next materialization). A new event
+updates the user's sequence through ``sequence.extend_sequence`` (the same rule as the
+batch table) and is written to the feature views fed by the PushSource
+``user_events_push``; the event is first appended to the offline event log, so the next
+``features build`` includes it. A push is a read-modify-write of the user's whole row,
+so updates are serialised per user: across threads, across the service's worker
+processes (a file lock on the host), and across hosts when the online store is Redis (a
+Redis lock). What a valid event or id is, is decided by the rules of
+``shoprec.validation``, nowhere here.
 """
 
 from __future__ import annotations
 
 import fcntl
-import re
 import sqlite3
 import threading
 import zlib
 from collections import defaultdict
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import pandas as pd
+import redis
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import _redis_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
 
 from shoprec import lake
 from shoprec.config import Settings
 from shoprec.features import tables
 from shoprec.features.sequence import SEQUENCE_COLUMNS, extend_sequence
 from shoprec.features.store import feature_store
-from shoprec.schema import REQUIRED_EVENT_COLUMNS, SchemaError, conform_events
+from shoprec.validation import InvalidEvents, ValidEvents, accept_events, check_id, id_rules
 
 PUSH_SOURCE = "user_events_push"
 SEQUENCE_REFS = [f"user_recent_items:{c}" for c in SEQUENCE_COLUMNS]
 EVENT_REFS = ["user_recent_items:item_ids", "user_recent_items:event_types"]  # what serving needs
 ITEM_REFS = [f"item_stats:{c}" for c in ("price", "available", "popularity_1d", "popularity_7d", "popularity_30d")]
+ITEM_STATE_REFS = ["item_stats:available", "item_stats:price"]  # what serving filters and shows
+USER_VIEWS = ("user_recent_items",)  # the views keyed by user: what erasure deletes
 LOCK_BUCKETS = 64  # users share lock files: a bounded number of files, rare contention
 LOCK_TIMEOUT_S = 10
-ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]+$")
+UNAVAILABLE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, sqlite3.OperationalError, OSError)
 
 
 class FeatureStoreUnavailable(RuntimeError):
@@ -45,10 +56,12 @@ class InvalidFeatureRequest(ValueError):
     """Malformed events, unknown feature names or absurd ids; nothing was written."""
 
 
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    import redis
+@dataclass(frozen=True)
+class ItemState:
+    """An item's catalog state in the online store (``item_stats``); None where the store has no value."""
 
-    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, sqlite3.OperationalError, OSError)
+    available: bool | None
+    price: float | None
 
 
 class OnlineFeatures:
@@ -92,6 +105,15 @@ class OnlineFeatures:
         """Price, availability and popularity (1/7/30 days) per item; unknown items get None values."""
         return self.features(ITEM_REFS, "item_id", item_ids)
 
+    def item_states(self, item_ids: list[str]) -> dict[str, ItemState]:
+        """Availability and price per item, in one read: the serving path's item lookup."""
+        rows = self.features(ITEM_STATE_REFS, "item_id", item_ids)
+        return {
+            item: ItemState(None if row["available"] is None else bool(row["available"]),
+                            None if row["price"] is None else float(row["price"]))
+            for item, row in rows.items()
+        }
+
     def features(self, refs: list[str], key: str, ids: list[str]) -> dict[str, dict]:
         """Any ``view:feature`` references for the ids of one entity key, by id."""
         self._check_refs(refs)
@@ -100,15 +122,18 @@ class OnlineFeatures:
             return {}
         try:
             result = self.store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids]).to_dict()
-        except _unavailable_errors() as exc:
+        except UNAVAILABLE_ERRORS as exc:
             raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
         names = [r.split(":", 1)[1] for r in refs]
         return {i: {n: result[n][k] for n in names} for k, i in enumerate(ids)}
 
     # --- writes ---------------------------------------------------------------
-    def push_events(self, events: pd.DataFrame) -> None:
-        """Append canonical events to their users' sequences, online now and in the offline log."""
-        events = self._check_events(events)
+    def push_events(self, events: ValidEvents | pd.DataFrame) -> None:
+        """Append events to their users' sequences, online now and in the offline log.
+
+        ``ValidEvents`` (what the service's /events made with ``accept_events``) are trusted;
+        a plain frame is checked with the same rules first."""
+        events = (events if isinstance(events, ValidEvents) else self._accept(events)).frame
         if not len(events):
             return
         lake.append_to_log(tables.event_log_dir(self.settings), events)
@@ -123,14 +148,13 @@ class OnlineFeatures:
                 try:
                     for view in self._views_fed_by_push():
                         self.store.write_to_online_store(view, row)
-                except _unavailable_errors() as exc:
+                except UNAVAILABLE_ERRORS as exc:
                     raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
 
-    def warm_up(self, sample: pd.DataFrame) -> None:
-        """Pay a push's first-call costs (registry listings, pandas paths) on ``sample`` events
-        without writing anything: the first event after a start took 80 ms instead of 30."""
-        self._check_events(sample)
-        self._check_refs(SEQUENCE_REFS)
+    def warm_up(self) -> None:
+        """Pay a push's first-call costs (registry listings) without writing anything: the first
+        event after a start took 80 ms instead of 30."""
+        self._check_refs(SEQUENCE_REFS + ITEM_STATE_REFS)
         self._views_fed_by_push()
 
     def _views_fed_by_push(self) -> list[str]:
@@ -152,7 +176,7 @@ class OnlineFeatures:
         with self._lock(user_id):
             self._delete_online(user_id)
             _drop_user_from_event_log(self.settings, user_id)
-            for name in ("user_recent_items", "user_stats"):
+            for name in USER_VIEWS:
                 path = tables.table_path(self.settings, name)
                 if path.exists():
                     frame = pd.read_parquet(path)
@@ -170,7 +194,7 @@ class OnlineFeatures:
                                                           blocking_timeout=LOCK_TIMEOUT_S))
                 else:
                     held.enter_context(_host_lock(self.settings.home / "locks", user_id))
-            except _unavailable_errors() as exc:
+            except UNAVAILABLE_ERRORS as exc:
                 raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
             yield
 
@@ -179,23 +203,17 @@ class OnlineFeatures:
         return self.store._get_provider().online_store._get_client(config.online_store)
 
     def _delete_online(self, user_id: str) -> None:
-        from feast.infra.key_encoding_utils import serialize_entity_key
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
         config = self.store.config
         key = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
         try:
             if config.online_store.type == "redis":
-                from feast.infra.online_stores.helpers import _redis_key
-
                 self._redis().delete(_redis_key(config.project, key, config.entity_key_serialization_version))
             else:
                 blob = serialize_entity_key(key, entity_key_serialization_version=config.entity_key_serialization_version)
                 with sqlite3.connect(config.online_store.path) as conn:
-                    for view in ("user_recent_items", "user_stats"):
+                    for view in USER_VIEWS:
                         conn.execute(f'DELETE FROM "{config.project}_{view}" WHERE entity_key = ?', (blob,))
-        except _unavailable_errors() as exc:
+        except UNAVAILABLE_ERRORS as exc:
             raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
 
     def _check_refs(self, refs: list[str]) -> None:
@@ -208,33 +226,21 @@ class OnlineFeatures:
             raise InvalidFeatureRequest(f"unknown feature(s): {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}")
 
     def _check_ids(self, ids: list[str]) -> list[str]:
-        limit = self.settings.validation.max_id_length
-        bad = [i for i in ids if not isinstance(i, str) or not i.strip() or len(i) > limit or not ID_PATTERN.match(i)]
+        rules = id_rules("id", self.settings.validation.max_id_length)
+        bad = [i for i in ids if not isinstance(i, str) or check_id(i, rules)[1]]
         if bad:
             shown = ", ".join(repr(b)[:40] for b in bad[:5])
+            limit = self.settings.validation.max_id_length
             raise InvalidFeatureRequest(f"invalid id(s) (non-empty strings up to {limit} printable characters): {shown}")
         return list(ids)
 
-    def _check_events(self, events: pd.DataFrame) -> pd.DataFrame:
+    def _accept(self, events: pd.DataFrame) -> ValidEvents:
         if not isinstance(events, pd.DataFrame):
             raise InvalidFeatureRequest(f"events must be a pandas DataFrame, not {type(events).__name__}")
         try:
-            events = conform_events(events)
-        except SchemaError as exc:
+            return accept_events(events, self.settings)
+        except InvalidEvents as exc:
             raise InvalidFeatureRequest(str(exc)) from exc
-        missing = events[list(REQUIRED_EVENT_COLUMNS)].isna().any(axis=1)
-        if missing.any():
-            raise InvalidFeatureRequest(f"{int(missing.sum())} event(s) lack user_id, item_id, event_type or a parseable timestamp")
-        self._check_ids(events["user_id"].tolist() + events["item_id"].tolist())
-        unknown_types = sorted(set(events["event_type"]) - set(self.settings.event_types))
-        if unknown_types:
-            raise InvalidFeatureRequest(f"unknown event type(s): {', '.join(unknown_types)}; known: {', '.join(self.settings.event_types)}")
-        future = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=self.settings.validation.max_future_seconds)
-        too_early = pd.Timestamp(self.settings.validation.min_timestamp)
-        out_of_range = (events["timestamp"] > future) | (events["timestamp"] < too_early)
-        if out_of_range.any():
-            raise InvalidFeatureRequest(f"{int(out_of_range.sum())} event(s) have a timestamp outside [{too_early}, now]")
-        return events
 
 
 @contextmanager

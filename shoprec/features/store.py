@@ -1,65 +1,93 @@
-"""The Feast feature store of the active profile: open, apply, materialize, training sets.
+"""The Feast feature store of the active profile: configure, open, apply, materialize, training sets.
 
-``feature_repo/`` holds one ``feature_store*.yaml`` per store setup; the settings pick
-it (sqlite + file registry -> ``feature_store.yaml``, redis + SQL registry ->
-``feature_store.production.yaml``) and fill its ``${SHOPREC_*}`` variables from the
-settings, so a profile or an environment override never needs a file edited. The
-resolved file is written to ``$SHOPREC_HOME/feast/feature_store.yaml`` (usable by the
-feast CLI with ``-f``).
+The Feast configuration is built from the settings in one place (``feast_config``): the
+online store (SQLite under ``$SHOPREC_HOME/feast`` or Redis), the registry (a file under
+``$SHOPREC_HOME/feast`` or SQL) and the file offline store. ``write_feast_yaml`` writes it to
+``$SHOPREC_HOME/feast/feature_store.yaml``, which every ``FeatureStore`` here opens and the
+feast CLI can use (``FEAST_FS_YAML_FILE_PATH``). ``feature_repo/feature_store.yaml`` is the same
+generator's output for the default settings with ``${SHOPREC_HOME}`` left for Feast to expand,
+so ``feast apply`` works in ``feature_repo/`` as a plain Feast repo (a test keeps them equal).
+
+The catalog state in ``item_stats`` (availability, price) is current state, not history:
+``materialize`` ends by writing the items whose state changed to the online store
+(``push_item_state_changes``), so a catalog change reaches serving without waiting for
+new events of the item.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
+from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource, PushSource
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from tqdm.auto import tqdm
 
 from shoprec.config import FEATURE_REPO_DIR, Settings
-from shoprec.features.tables import TABLES, table_path
+from shoprec.features.tables import TABLES, offline_dir, table_path, write_table
 
-FEATURE_SERVICE = "recommender_v1"
-REPO_MODULES = ("entities", "data_sources", "feature_views", "feature_services")
-TEMPLATES = {
-    ("sqlite", "file"): "feature_store.yaml",
-    ("redis", "sql"): "feature_store.production.yaml",
-    ("redis", "file"): "feature_store.redis.yaml",
-}
+PROJECT = "shoprec"
+REPO_MODULES = ("entities", "data_sources", "feature_views")
+HOME_VARIABLE = "${SHOPREC_HOME}"  # what feature_repo/feature_store.yaml leaves for Feast to expand
+ITEM_STATE_COLUMNS = ["available", "price"]  # item_stats' catalog state: current, pushed when it changes
+ITEM_STATE_FILE = "item_state_online.parquet"  # the item state last pushed online, per item
+ONE_MICROSECOND = pd.Timedelta(microseconds=1)
 
 
-def yaml_variables(settings: Settings) -> dict[str, str]:
+# --- configuration ----------------------------------------------------------------------
+def feast_config(settings: Settings, home: str | None = None) -> dict[str, Any]:
+    """The Feast repo configuration (feature_store.yaml as a dict) for these settings.
+
+    Paths are under ``home`` (default: the settings' home, resolved)."""
+    root = home if home is not None else str(Path(settings.home).resolve())
+    online = settings.online_store
+    if online.type == "sqlite":
+        online_store: dict[str, Any] = {"type": "sqlite", "path": f"{root}/feast/online_store.db"}
+    else:
+        online_store = {"type": "redis", "connection_string": online.redis_connection_string}
+        if online.key_ttl_seconds is not None:
+            online_store["key_ttl_seconds"] = online.key_ttl_seconds
+    if settings.registry.type == "file":
+        registry: Any = f"{root}/feast/registry.db"
+    else:
+        registry = {"registry_type": "sql", "path": settings.registry.sql_url, "cache_ttl_seconds": 60,
+                    "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True}}
     return {
-        "SHOPREC_HOME": str(Path(settings.home).resolve()),
-        "SHOPREC_ONLINE_STORE__REDIS_CONNECTION_STRING": settings.online_store.redis_connection_string,
-        "SHOPREC_REGISTRY__SQL_URL": settings.registry.sql_url,
+        "project": PROJECT,
+        "provider": "local",
+        "registry": registry,
+        "online_store": online_store,
+        "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3,
     }
 
 
-def resolved_yaml(settings: Settings) -> Path:
-    """Write the active profile's feature_store.yaml with its variables filled in; returns its path."""
-    key = (settings.online_store.type, settings.registry.type)
-    if key not in TEMPLATES:
-        raise ValueError(
-            f"no Feast configuration for online store {key[0]!r} with registry {key[1]!r}; "
-            f"supported: {', '.join(f'{o}+{r}' for o, r in TEMPLATES)}"
-        )
-    text = (FEATURE_REPO_DIR / TEMPLATES[key]).read_text()
-    values = yaml_variables(settings)
-    unknown = sorted(set(re.findall(r"\$\{(\w+)\}", text)) - set(values))
-    if unknown:
-        raise ValueError(f"{TEMPLATES[key]} uses variables ShopRec does not set: {', '.join(unknown)}")
-    text = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], text)
+def feast_yaml(settings: Settings, home: str | None = None) -> str:
+    """``feast_config`` as the text of a feature_store.yaml."""
+    header = (
+        "# Generated by shoprec.features.store.feast_yaml from the settings: do not edit.\n"
+        "# feature_repo/: the default settings, the home left for Feast to expand from the environment;\n"
+        "# every shoprec command writes the active settings' file to $SHOPREC_HOME/feast/feature_store.yaml.\n"
+    )
+    return header + yaml.safe_dump(feast_config(settings, home), sort_keys=False, width=1000)
+
+
+def write_feast_yaml(settings: Settings) -> Path:
+    """Write the settings' feature_store.yaml to ``$SHOPREC_HOME/feast/`` (only when it changed); returns its path."""
+    content = feast_yaml(settings)
     path = settings.feast_dir / "feature_store.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
+    if not path.exists() or path.read_text() != content:
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
+        tmp.write_text(content)
         os.replace(tmp, path)
     return path
 
@@ -68,9 +96,6 @@ def ensure_registry_database(settings: Settings) -> None:
     """The SQL registry's PostgreSQL database is created if it does not exist yet."""
     if settings.registry.type != "sql":
         return
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
     url = make_url(settings.registry.sql_url)
     if not url.drivername.startswith("postgresql") or not url.database:
         return
@@ -84,27 +109,19 @@ def ensure_registry_database(settings: Settings) -> None:
         admin.dispose()
 
 
-def feature_store(settings: Settings):
+def feature_store(settings: Settings) -> FeatureStore:
     """The FeatureStore of the active profile (nothing is started: embedded, or the configured servers)."""
-    from feast import FeatureStore
-
-    return FeatureStore(repo_path=str(FEATURE_REPO_DIR), fs_yaml_file=resolved_yaml(settings))
+    return FeatureStore(repo_path=str(FEATURE_REPO_DIR), fs_yaml_file=write_feast_yaml(settings))
 
 
-def feast_cli_env(settings: Settings) -> dict[str, str]:
-    """Environment under which ``feast`` run in feature_repo/ sees this ShopRec home and profile."""
-    return {**os.environ, **yaml_variables(settings), "FEAST_FS_YAML_FILE_PATH": str(resolved_yaml(settings))}
-
-
+# --- the repo ---------------------------------------------------------------------------------
 def repo_objects(settings: Settings) -> list:
     """The Feast objects defined in feature_repo/, their tables pointed at this settings' home.
 
-    The same modules ``feast apply`` reads; imported in-process because a second
-    Python with Feast costs seconds, and re-pointed because their paths were read
-    from the environment when first imported.
+    The same modules ``feast apply`` reads, imported by name from feature_repo/ (a Feast repo,
+    not a package); in-process because a second Python with Feast costs seconds, and
+    re-pointed because their paths come from the settings of the process that first imported them.
     """
-    from feast import Entity, FeatureService, FeatureView, FileSource, PushSource
-
     if str(FEATURE_REPO_DIR) not in sys.path:
         sys.path.insert(0, str(FEATURE_REPO_DIR))
     modules = [importlib.import_module(name) for name in REPO_MODULES]
@@ -119,18 +136,25 @@ def repo_objects(settings: Settings) -> list:
 
 
 def apply(settings: Settings) -> dict:
-    """Register feature_repo/'s entities, sources, views and services (what ``feast apply`` does)."""
+    """Register feature_repo/'s entities, sources and views, and delete the registered views and
+    feature services the repo no longer defines (as ``feast apply`` does)."""
     ensure_registry_database(settings)
     store = feature_store(settings)
-    store.apply(repo_objects(settings))
+    objects = repo_objects(settings)
+    defined = {(type(o).__name__, o.name) for o in objects}
+    stale = [o for o in [*store.list_feature_views(), *store.list_feature_services()]
+             if (type(o).__name__, o.name) not in defined]
+    store.apply(objects, objects_to_delete=stale, partial=not stale)
     return {
         "feature_views": sorted(fv.name for fv in store.list_feature_views()),
         "feature_services": sorted(fs.name for fs in store.list_feature_services()),
+        "deleted": sorted(o.name for o in stale),
         "registry": store.config.registry.path,
         "online_store": store.config.online_store.type,
     }
 
 
+# --- materialization ----------------------------------------------------------------------
 def _table_times(settings: Settings, name: str) -> pd.Series:
     path = table_path(settings, name)
     if not path.exists():
@@ -160,11 +184,12 @@ def materialize(
     export) still reach the online store. Without ``start``, the end never moves back
     before what is already materialized: a backfilled hour must not replace newer online
     rows with older ones. Without ``end``, up to now. Re-running an interval writes the
-    same rows again: the online store ends in the same state.
+    same rows again: the online store ends in the same state. Then the items whose
+    catalog state changed are written online (``push_item_state_changes``).
     """
     store = feature_store(settings)
     end_ts = _utc(end) if end is not None else pd.Timestamp.now(tz="UTC")
-    report = {"end": end_ts.isoformat(), "views": {}}
+    report: dict[str, Any] = {"end": end_ts.isoformat(), "views": {}}
     for name in TABLES:
         view = store.get_feature_view(name)
         times = _table_times(settings, name)
@@ -184,7 +209,48 @@ def materialize(
             rows += int(((times >= a) & (times < b)).sum())
         report["views"][name] = {"start": view_start.isoformat(), "end": view_end.isoformat(),
                                  "chunks": len(chunks), "rows_read": rows}
+    report["item_state_pushed"] = push_item_state_changes(settings, store)
     return report
+
+
+def push_item_state_changes(settings: Settings, store: FeatureStore | None = None) -> int:
+    """Write the items whose catalog state (availability, price) changed to the online store.
+
+    Materialization alone cannot carry such a change: the item's rows keep their event
+    times, an incremental run never reads them again, and Redis keeps a row only if it is
+    newer than the stored one. So the item's latest ``item_stats`` row (which carries the
+    current catalog state) is written directly, stamped just after both that row and the
+    item's previous push; what was pushed is kept in ``ITEM_STATE_FILE`` to find the next
+    changes (the first run pushes every item). Nothing changed: nothing is written, so a
+    re-run leaves the online store as it was. Returns how many items were written.
+    """
+    latest = _latest_item_rows(settings)
+    state_path = offline_dir(settings) / ITEM_STATE_FILE
+    kept = ["item_id", *ITEM_STATE_COLUMNS, "event_timestamp"]
+    pushed = pd.read_parquet(state_path) if state_path.exists() else latest[kept].iloc[:0]
+    merged = latest.merge(pushed, on="item_id", how="left", suffixes=("", "_pushed"), indicator=True)
+    changed = (merged["_merge"] == "left_only").to_numpy()
+    for column in ITEM_STATE_COLUMNS:
+        now, before = merged[column].astype(object), merged[f"{column}_pushed"].astype(object)
+        changed |= ~((now == before) | (now.isna() & before.isna())).to_numpy(dtype=bool)
+    if not changed.any():
+        return 0
+    rows = merged[changed]
+    previous = pd.to_datetime(rows["event_timestamp_pushed"], utc=True)
+    newest = rows["event_timestamp"].where(previous.isna() | (rows["event_timestamp"] > previous), previous)
+    rows = rows.assign(event_timestamp=newest + ONE_MICROSECOND)[list(latest.columns)].reset_index(drop=True)
+    (store or feature_store(settings)).write_to_online_store("item_stats", rows)
+    state = pd.concat([pushed[~pushed["item_id"].isin(rows["item_id"])], rows[kept]], ignore_index=True)
+    write_table(state, state_path)
+    return int(len(rows))
+
+
+def _latest_item_rows(settings: Settings) -> pd.DataFrame:
+    """The newest ``item_stats`` row of each item: the current catalog state with the latest counts."""
+    frame = pd.read_parquet(table_path(settings, "item_stats"))
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    frame = frame.sort_values(["item_id", "event_timestamp"], kind="stable")
+    return frame.drop_duplicates("item_id", keep="last").reset_index(drop=True)
 
 
 def _utc(ts) -> pd.Timestamp:
@@ -192,22 +258,21 @@ def _utc(ts) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def training_set(entity_df: pd.DataFrame, settings: Settings, features: list[str] | str = FEATURE_SERVICE) -> pd.DataFrame:
+def training_set(entity_df: pd.DataFrame, settings: Settings, features: list[str]) -> pd.DataFrame:
     """Point-in-time-correct features for (entity, event_timestamp) rows, via get_historical_features.
 
-    ``features`` is a feature service name (default ``recommender_v1``) or a list of
-    ``view:feature`` references. Each row gets the values as of its own timestamp.
+    ``features`` is a list of ``view:feature`` references; each row gets the values as of
+    its own timestamp.
     """
     if "event_timestamp" not in entity_df.columns:
         raise ValueError("entity_df needs an event_timestamp column (the time each row is 'as of')")
     store = feature_store(settings)
-    refs = store.get_feature_service(features) if isinstance(features, str) else features
     frame = entity_df.copy()
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     for key in ("user_id", "item_id"):
         if key in frame:
             frame[key] = frame[key].astype("string")  # the tables' id type: no dtype-mismatch join
-    result = store.get_historical_features(entity_df=frame, features=refs).to_df()
+    result = store.get_historical_features(entity_df=frame, features=features).to_df()
     # The file offline store drops entity rows older than every feature row: merge back so each row is returned
     keys = list(entity_df.columns)
     result["event_timestamp"] = pd.to_datetime(result["event_timestamp"], utc=True)

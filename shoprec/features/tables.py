@@ -7,19 +7,19 @@ built from events at or before t (Feast's historical join picks the latest row <
 - user_recent_items: a snapshot of the user's sequence after each distinct event time,
   ``sequence.recent_items_over_time`` (the rule of ``recent_items``, vectorised and
   tested against it): the batch table and the push path apply the very same rule.
-- user_stats: per user and active day, cumulative counts, last activity, top categories.
 - item_stats: per item and active day, popularity over 1/7/30 days and 30-day
-  cart/purchase shares, with the catalog's price and availability.
-- item_text_embedding: MiniLM embedding per item, through the text-hash cache.
+  cart/purchase shares, with the catalog's price and availability (the service reads
+  availability and price online; its fallback rankings read the daily counts offline).
 
-Rows that do not depend on events (embeddings, items never interacted with) are
-stamped ``static_time`` (the earliest valid event time) so every training time sees them.
+Rows that do not depend on events (items never interacted with) are stamped
+``static_time`` (the earliest valid event time) so every training time sees them.
+The build also encodes new item texts into the MiniLM cache that training and the
+service's new-item path read (``text_embedding.EmbeddingCache``).
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +33,7 @@ from shoprec.features.sequence import recent_items_over_time
 from shoprec.schema import conform_items, empty_events
 from shoprec.text_embedding import embed_items
 
-TABLES = ("user_recent_items", "user_stats", "item_stats", "item_text_embedding")
-COUNTED_EVENT_TYPES = ("view", "add_to_cart", "purchase")
-TOP_CATEGORIES = 3
+TABLES = ("user_recent_items", "item_stats")
 WINDOWS_DAYS = (1, 7, 30)
 
 
@@ -75,38 +73,6 @@ def sequence_snapshots(events: pd.DataFrame, max_len: int) -> pd.DataFrame:
     return snapshots.sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
 
 
-# --- user_stats ------------------------------------------------------------------
-def user_stats(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-    """Per user and active day: counts so far, last activity, most frequent categories so far."""
-    ev = events[["user_id", "item_id", "event_type", "timestamp"]].sort_values(["user_id", "timestamp"], kind="stable")
-    ev = ev.reset_index(drop=True)
-    by_user = ev.groupby("user_id", observed=True)
-    ev["n_events"] = by_user.cumcount() + 1
-    for kind in COUNTED_EVENT_TYPES:
-        ev[f"n_{kind}"] = (ev["event_type"] == kind).astype(int).groupby(ev["user_id"]).cumsum()
-    ev["day"] = ev["timestamp"].dt.floor("D")
-    category = ev["item_id"].map(items.set_index("item_id")["category"]) if len(items) else pd.Series(pd.NA, index=ev.index)
-    ev["preferred_categories"] = _running_top_categories(ev["user_id"], category.astype("string"))
-    last = ev.groupby(["user_id", "day"], observed=True, sort=True).tail(1)
-    out = last.assign(last_activity=last["timestamp"], event_timestamp=last["timestamp"])
-    cols = ["user_id", "n_events", *[f"n_{k}" for k in COUNTED_EVENT_TYPES], "last_activity", "preferred_categories", "event_timestamp"]
-    return out[cols].astype({c: "int64" for c in cols if c.startswith("n_")}).reset_index(drop=True)
-
-
-def _running_top_categories(users: pd.Series, categories: pd.Series) -> list[list[str]]:
-    """For each event (grouped by user, in order), the user's top categories so far."""
-    tops: list[list[str]] = []
-    counts: Counter = Counter()
-    previous = None
-    for user, cat in zip(users.tolist(), categories.tolist()):
-        if user != previous:
-            counts, previous = Counter(), user
-        if isinstance(cat, str) and cat:
-            counts[cat] += 1
-        tops.append([c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CATEGORIES]])
-    return tops
-
-
 # --- item_stats ------------------------------------------------------------------
 def item_stats(events: pd.DataFrame, items: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """Per item and active day: popularity windows and 30-day cart/purchase shares."""
@@ -140,18 +106,14 @@ def item_stats(events: pd.DataFrame, items: pd.DataFrame, settings: Settings) ->
     return out[cols].sort_values(["item_id", "event_timestamp"]).reset_index(drop=True)
 
 
-# --- item_text_embedding --------------------------------------------------------------
-def item_text_embedding(items: pd.DataFrame, settings: Settings, progress: bool = False) -> tuple[pd.DataFrame, int]:
-    """Embeddings of every catalog item; returns (table, how many texts were newly encoded)."""
-    matrix, encoded = embed_items(items, settings.cache_dir / "text_embeddings.parquet", progress=progress)
-    table = pd.DataFrame(
-        {
-            "item_id": items["item_id"].astype("string").to_numpy(),
-            "embedding": list(matrix.astype(np.float32)),
-            "event_timestamp": static_time(settings),
-        }
-    )
-    return table, encoded
+# --- item texts ----------------------------------------------------------------------
+def encode_item_texts(items: pd.DataFrame, settings: Settings, progress: bool = False) -> int:
+    """Encode the texts of catalog items the cache does not hold yet; returns how many were new.
+
+    The cache (by text hash) is what training (``training.pipeline``) and the service's
+    new-item path read: encoding here, in the hourly features run, keeps MiniLM off their path."""
+    _, encoded = embed_items(items, settings.cache_dir / "text_embeddings.parquet", progress=progress)
+    return encoded
 
 
 # --- writing ------------------------------------------------------------------------
@@ -164,7 +126,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
 
 
 def build_tables(settings: Settings, progress: bool = False) -> dict:
-    """Build all four feature tables from the lake and the event log; returns a report."""
+    """Build the feature tables (``TABLES``) from the lake and the event log; returns a report."""
     events = all_events(settings)
     items = lake.read_items(settings.lake_dir)
     known_items = set(items["item_id"]) | set(events["item_id"])
@@ -173,10 +135,9 @@ def build_tables(settings: Settings, progress: bool = False) -> dict:
         items = pd.concat([items, conform_items(missing)], ignore_index=True)
     tables = {
         "user_recent_items": sequence_snapshots(events, settings.features.sequence_length),
-        "user_stats": user_stats(events, items),
         "item_stats": item_stats(events, items, settings),
     }
-    tables["item_text_embedding"], encoded = item_text_embedding(items, settings, progress=progress)
+    encoded = encode_item_texts(items, settings, progress=progress)
     for name, frame in tables.items():
         write_table(frame, table_path(settings, name))
     return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -18,6 +19,45 @@ from tqdm import tqdm
 
 class Scorer(Protocol):
     def score(self, histories: list[list[str]]) -> np.ndarray: ...
+
+
+@dataclass
+class Measurement:
+    """One model of the compression report: accuracy, size, latency, and each relative to the baseline."""
+
+    name: str  # "fp32" (the trained model), "folded" (the baseline) or the variant's method
+    version: str
+    method: str
+    parameters: dict = field(default_factory=dict)
+    size_bytes: int = 0
+    ndcg_at_10: float = 0.0
+    hr_at_10: float = 0.0
+    latency_b1_p50_ms: float = 0.0
+    latency_b1_p99_ms: float = 0.0
+    throughput_b1_per_s: float = 0.0
+    latency_b32_p50_ms: float = 0.0
+    latency_b32_p99_ms: float = 0.0
+    throughput_b32_per_s: float = 0.0
+    size_ratio: float = 1.0  # baseline size / this size
+    speedup_b1: float = 1.0  # baseline batch-1 p50 / this one
+    ndcg_change: float = 0.0  # relative to the baseline, negative = worse
+
+    def record_latency(self, batch_size: int, latency: dict[str, float]) -> None:
+        setattr(self, f"latency_b{batch_size}_p50_ms", latency["p50_ms"])
+        setattr(self, f"latency_b{batch_size}_p99_ms", latency["p99_ms"])
+        setattr(self, f"throughput_b{batch_size}_per_s", latency["throughput_per_s"])
+
+    def compare_with(self, baseline: "Measurement") -> None:
+        self.size_ratio = baseline.size_bytes / self.size_bytes
+        self.speedup_b1 = baseline.latency_b1_p50_ms / self.latency_b1_p50_ms
+        self.ndcg_change = self.ndcg_at_10 / baseline.ndcg_at_10 - 1.0 if baseline.ndcg_at_10 else 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Measurement":
+        return cls(**data)
 
 
 def size_on_disk(path: Path) -> int:
@@ -30,7 +70,10 @@ def size_on_disk(path: Path) -> int:
 
 def sample_batches(histories: Sequence[list[str]], batch_size: int, count: int, seed: int = 0) -> list[list[list[str]]]:
     rng = random.Random(seed)
-    return [rng.sample(list(histories), batch_size) for _ in range(count)]
+    pool = list(histories)
+    if len(pool) < batch_size:  # a small shop: repeat histories rather than shrink the batch
+        return [rng.choices(pool, k=batch_size) for _ in range(count)]
+    return [rng.sample(pool, batch_size) for _ in range(count)]
 
 
 def measure_latency(

@@ -12,7 +12,10 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from training.compression.variant import OnnxVariant
 from training.data import pad_left
@@ -33,8 +36,6 @@ class ScoreLast(torch.nn.Module):
 
 def export_onnx(model: torch.nn.Module, path: Path) -> Path:
     """Write ``model``'s scorer as one self-contained ONNX file."""
-    import numpy as np
-
     model.eval()
     example = [np.arange(1, 4 + row) for row in range(4)]
     items, positions = (torch.from_numpy(a) for a in pad_left(example, model.max_len))
@@ -55,8 +56,6 @@ def export_onnx(model: torch.nn.Module, path: Path) -> Path:
 def _strip_node_metadata(path: Path) -> None:
     """Drop what the exporter records per node (stack traces, module names): two thirds of a
     small model's file (a 32-wide demo model: 335 KB, of which 110 KB are weights)."""
-    import onnx
-
     proto = onnx.load(str(path))
     for node in proto.graph.node:
         del node.metadata_props[:]
@@ -71,8 +70,6 @@ def onnx_fp32(model: torch.nn.Module, work_dir: Path) -> OnnxVariant:
 
 def onnx_int8(fp32: OnnxVariant, work_dir: Path) -> OnnxVariant:
     """ONNX Runtime dynamic int8 quantization of an exported model."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     path = Path(work_dir) / "model-int8.onnx"
     quantize_dynamic(str(fp32.onnx_path), str(path), weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul", "Gemm", "Gather"], per_channel=False)

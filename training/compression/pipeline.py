@@ -1,75 +1,129 @@
-"""``shoprec compress``: every variant of a trained model, measured against FP32 in one run, gated, reported.
+"""``shoprec compress``: every variant of a trained model, measured against the folded FP32
+model in one run, gated, reported.
 
-Each variant is saved as an artifact, then loaded back from that artifact alone and
-measured through the same ``ServedModel`` code path as the FP32 parent, on the same
-test split and the same latency batches.
+Each variant is saved as a model version, then loaded back from that version alone by
+``training.artifact.load_recommender`` (the loader serving uses) and measured through
+the same ``Recommender`` code path as the trained model and its folded form, on the same
+test split and the same latency batches. The options are ``settings.compression``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from training.compression.benchmark import measure_latency, size_on_disk
+from shoprec.config import CompressionSettings, Settings
+from training.artifact import ArtifactError, Recommender, load_recommender, verified_manifest
+from training.artifact.manifest import TRAINED
+from training.compression.benchmark import Measurement, measure_latency, size_on_disk
 from training.compression.distillation import distill
 from training.compression.embedding import compressed_table
 from training.compression.folding import fold_text_tower
-from training.compression.gate import GateThresholds, choose_served
+from training.compression.gate import GateDecision, choose_served
 from training.compression.onnx_export import onnx_fp32, onnx_int8
 from training.compression.pruning import magnitude_pruning
 from training.compression.quantization import dynamic_int8
-from training.compression.report import add_relative_columns, write_report
-from training.compression.variant import ServedModel, TorchVariant, is_variant, load_served_model, save_variant
+from training.compression.report import ReportContext, write_report
+from training.compression.variant import OnnxVariant, TorchVariant, save_variant, variant_version
 from training.data import ItemVocab, SplitData, item_counts, leave_one_out, load_events, user_sequences
 from training.evaluate import evaluate_scorer
+from training.registry import list_versions, production_version, trained_root
+from training.trainer import tune_cpu_runtime
+
+TRAINED_ROW = "fp32"  # the trained model as training saved it (for reference)
+BASELINE = "folded"  # what every variant is measured against, and what serves when none passes
 
 
 @dataclass
-class CompressionOptions:
-    prune_amount: float = 0.5
-    prune_epochs: int = 1
-    distill_hidden: int = 32
-    distill_layers: int = 1
-    distill_epochs: int = 5
-    rounds_b1: int = 200
-    rounds_b32: int = 50
-    eval_batch_size: int = 512
-    thresholds: GateThresholds = GateThresholds()
+class CompressionResult:
+    parent_version: str  # the trained model
+    baseline_version: str  # its folded form
+    served_version: str  # the gate's pick, else the folded model: never the trained model itself
+    gate: GateDecision
+    variants: list[Measurement]  # the trained model, the folded model, then every variant
+    report: dict[str, str] = field(default_factory=dict)  # json / markdown / plot: their paths
+    context: ReportContext | None = None
+
+    def measurement(self, version: str) -> Measurement:
+        return next(row for row in self.variants if row.version == version)
+
+    def to_dict(self) -> dict:
+        return {"parent_version": self.parent_version, "baseline_version": self.baseline_version,
+                "served_version": self.served_version, "gate": self.gate.to_dict(),
+                "variants": [row.to_dict() for row in self.variants], "report": dict(self.report),
+                "context": self.context.to_dict() if self.context else None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CompressionResult":
+        return cls(data["parent_version"], data["baseline_version"], data["served_version"],
+                   GateDecision.from_dict(data["gate"]), [Measurement.from_dict(row) for row in data["variants"]],
+                   dict(data["report"]), ReportContext(**data["context"]) if data.get("context") else None)
 
 
-def split_for(parent, events) -> SplitData:
+@dataclass(frozen=True)
+class Maker:
+    method: str
+    requested: dict  # the options that shape this variant (checked against an existing version of it)
+    make: Callable[[], TorchVariant | OnnxVariant]
+
+
+def split_for(parent: Recommender, events) -> SplitData:
     """The leave-one-out split of ``events`` in the parent's vocabulary (so indices match its table)."""
     return leave_one_out(user_sequences(events), ItemVocab(list(parent.item_ids)))
 
 
-def build_variants(parent, split: SplitData, models_dir: Path, options: CompressionOptions) -> list[str]:
-    """Make, save and return the versions of every variant of ``parent`` (a loaded Recommender)."""
-    folded = fold_text_tower(parent.torch_model)
-    makers = [
-        ("folded", lambda: TorchVariant("folded", folded, lambda n, t: "fp32", {"text_tower": "folded into the item table"})),
-        ("dynamic_int8", lambda: dynamic_int8(folded)),
-        ("embedding_fp16", lambda: compressed_table(folded, "fp16")),
-        ("embedding_int8", lambda: compressed_table(folded, "int8_row")),
-        ("pruned", lambda: magnitude_pruning(folded, split, options.prune_amount, options.prune_epochs)),
-        ("distilled", lambda: distill(folded, split, hidden=options.distill_hidden, layers=options.distill_layers,
-                                      heads=1, epochs=options.distill_epochs)),
+def makers(folded: torch.nn.Module, split: SplitData, options: CompressionSettings, work_dir: Path) -> list[Maker]:
+    """Every variant of ``folded``, in report order; the folded model itself first."""
+    exported = functools.cache(lambda: onnx_fp32(folded, work_dir))  # onnx_int8 quantizes the same export
+    prune = {"amount": options.prune_amount, "finetune_epochs": options.prune_epochs}
+    student = {"hidden": options.distill_hidden, "layers": options.distill_layers, "epochs": options.distill_epochs}
+    return [
+        Maker(BASELINE, {}, lambda: TorchVariant(BASELINE, folded, lambda n, t: "fp32",
+                                                 {"text_tower": "folded into the item table"})),
+        Maker("dynamic_int8", {}, lambda: dynamic_int8(folded)),
+        Maker("embedding_fp16", {}, lambda: compressed_table(folded, "fp16")),
+        Maker("embedding_int8", {}, lambda: compressed_table(folded, "int8_row")),
+        Maker("pruned", prune, lambda: magnitude_pruning(folded, split, options.prune_amount, options.prune_epochs)),
+        Maker("distilled", student, lambda: distill(folded, split, hidden=options.distill_hidden,
+                                                    layers=options.distill_layers, heads=1,
+                                                    epochs=options.distill_epochs)),
+        Maker("onnx", {}, exported),
+        Maker("onnx_int8", {}, lambda: onnx_int8(exported(), work_dir)),
     ]
+
+
+def build_variants(parent: Recommender, split: SplitData, settings: Settings) -> list[str]:
+    """Make and save every variant of ``parent`` (a loaded trained version); returns their versions.
+    A variant saved before with the same options is kept (versions never change once written)."""
+    folded = fold_text_tower(parent.torch_model)
     versions = []
-    for name, make in tqdm(makers, desc="variants"):
-        versions.append(save_variant(make(), parent, models_dir))
     with tempfile.TemporaryDirectory() as work:
-        exported = onnx_fp32(folded, Path(work))
-        versions.append(save_variant(exported, parent, models_dir))
-        versions.append(save_variant(onnx_int8(exported, Path(work)), parent, models_dir))
+        for maker in tqdm(makers(folded, split, settings.compression, Path(work)), desc="variants"):
+            version = variant_version(parent.version, maker.method)
+            if (settings.models_dir / version).exists():
+                _check_existing(settings.models_dir / version, maker)
+            else:
+                save_variant(maker.make(), parent, settings.models_dir)
+            versions.append(version)
     return versions
+
+
+def _check_existing(root: Path, maker: Maker) -> None:
+    parameters = verified_manifest(root)["lineage"]["parameters"]
+    differing = {key: (parameters.get(key), value) for key, value in maker.requested.items() if parameters.get(key) != value}
+    if differing:
+        raise ArtifactError(f"{root.name} exists, made with other options (saved, requested): {differing}; "
+                            "versions never change: remove it or compress with the options it was made with")
 
 
 def string_histories(split: SplitData, item_ids: list[str]) -> list[list[str]]:
@@ -77,69 +131,71 @@ def string_histories(split: SplitData, item_ids: list[str]) -> list[list[str]]:
     return [list(ids[h]) for h in split.test.inputs]
 
 
-def measure(served: dict[str, ServedModel], sizes: dict[str, int], split: SplitData, options: CompressionOptions) -> list[dict]:
-    """Accuracy on the test split, then latency round-robin, for every served model."""
-    counts = item_counts(split.train, len(next(iter(served.values())).item_ids) + 1)
+def measure(served: dict[str, Recommender], split: SplitData, options: CompressionSettings) -> list[Measurement]:
+    """Accuracy on the test split, size on disk, then latency round-robin, for every model;
+    each compared with the ``folded`` one."""
+    first = next(iter(served.values()))
+    counts = item_counts(split.train, len(first.item_ids) + 1)
     rows = []
     for name, model in tqdm(served.items(), desc="evaluate"):
         metrics = evaluate_scorer(model.score_indices, split.test, counts, options.eval_batch_size)
         lineage = model.metadata.get("lineage", {})
-        rows.append({"name": name, "version": model.version, "method": lineage.get("method", "fp32"),
-                     "parameters": lineage.get("parameters", {}), "size_bytes": sizes[name],
-                     "ndcg@10": metrics["NDCG@10"], "hr@10": metrics["HR@10"]})
-    histories = string_histories(split, next(iter(served.values())).item_ids)
+        rows.append(Measurement(name, model.version, lineage.get("method", TRAINED_ROW), lineage.get("parameters", {}),
+                                size_on_disk(model.path), metrics["NDCG@10"], metrics["HR@10"]))
+    histories = string_histories(split, first.item_ids)
     for batch, rounds in ((1, options.rounds_b1), (32, options.rounds_b32)):
         latency = measure_latency(served, histories, batch, rounds)
         for row in rows:
-            row[f"latency_b{batch}_p50_ms"] = latency[row["name"]]["p50_ms"]
-            row[f"latency_b{batch}_p99_ms"] = latency[row["name"]]["p99_ms"]
-            row[f"throughput_b{batch}_per_s"] = latency[row["name"]]["throughput_per_s"]
-    return add_relative_columns(rows)
+            row.record_latency(batch, latency[row.name])
+    baseline = next(row for row in rows if row.name == BASELINE)
+    for row in rows:
+        row.compare_with(baseline)
+    return rows
 
 
-def compress_recommender(parent, parent_dir: Path, split: SplitData, settings, options: CompressionOptions,
-                         data_label: str) -> dict:
-    """The whole run for a loaded parent: variants, measurements, gate, report files."""
+def compress_recommender(parent: Recommender, split: SplitData, settings: Settings, data_label: str) -> CompressionResult:
+    """The whole run for a loaded trained version: variants, measurements, gate, report files."""
+    if parent.metadata.get("kind") != TRAINED:
+        raise ValueError(f"{parent.version} is a compressed variant; compress the trained version it came from")
     started = time.perf_counter()
-    versions = build_variants(parent, split, settings.models_dir, options)
-    served = {"fp32": ServedModel(parent.version, list(parent.item_ids), dict(parent.metadata),
-                                  parent.torch_model.eval(), parent.torch_model.max_len)}
-    sizes = {"fp32": size_on_disk(parent_dir)}
+    versions = build_variants(parent, split, settings)
+    served = {TRAINED_ROW: parent}
     for version in versions:
-        model = load_served_model(settings.models_dir / version, settings)
-        name = model.metadata["lineage"]["method"]
-        served[name], sizes[name] = model, size_on_disk(settings.models_dir / version)
-    rows = measure(served, sizes, split, options)
-    decision = choose_served(rows[0], rows[1:], options.thresholds)
-    context = {
-        "parent_version": parent.version, "data": data_label, "test_users": len(split.test),
-        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
-        "rounds_b1": options.rounds_b1, "rounds_b32": options.rounds_b32, "seconds": None,
-    }
-    context["seconds"] = round(time.perf_counter() - started, 1)
-    served_version = next((r["version"] for r in rows if r["name"] == decision.picked), None)
-    paths = write_report(rows, decision, {**context, "served_version": served_version},
-                         Path(settings.reports_dir) / "compression" / parent.version)
-    return {"parent_version": parent.version, "served_version": served_version, "gate": decision.to_dict(),
-            "variants": rows, "report": {k: str(v) for k, v in paths.items()}, "context": context}
+        model = load_recommender(settings.models_dir / version, settings)
+        served[model.metadata["lineage"]["method"]] = model
+    rows = measure(served, split, settings.compression)
+    baseline = next(row for row in rows if row.name == BASELINE)
+    decision = choose_served(baseline, [row for row in rows if row.name not in (TRAINED_ROW, BASELINE)],
+                             settings.compression)
+    served_version = next(row.version for row in rows if row.name == decision.served)
+    context = ReportContext(
+        parent_version=parent.version, baseline_version=baseline.version, served_version=served_version,
+        data=data_label, test_users=len(split.test), cpu=_cpu(), rounds_b1=settings.compression.rounds_b1,
+        rounds_b32=settings.compression.rounds_b32, seconds=round(time.perf_counter() - started, 1))
+    paths = write_report(rows, decision, baseline, context, Path(settings.reports_dir) / "compression" / parent.version)
+    return CompressionResult(parent.version, baseline.version, served_version, decision, rows, paths, context)
 
 
-def compress(version: str | None = None, settings=None, options: CompressionOptions | None = None) -> dict:
-    """Compress a registered model version (default: production, else the newest) and report."""
-    from shoprec.config import load_settings
-    from training.artifact import load_recommender
-    from training.registry import list_versions, production_version
-    from training.trainer import tune_cpu_runtime
+def _cpu() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
-    settings = settings or load_settings()
-    tune_cpu_runtime(settings.training.num_threads)
-    if version is None:
-        trained = [v["version"] for v in list_versions(settings) if not is_variant(settings.models_dir / v["version"])]
-        version = production_version(settings) or (trained or [None])[-1]
-        if version is None:
-            raise ValueError(f"no trained model in {settings.models_dir}; run `shoprec train` first")
-    parent = load_recommender(version, settings)
+
+def default_parent(settings: Settings) -> str:
+    """The trained version behind production, else the newest trained version."""
+    production = production_version(settings)
+    if production:
+        return trained_root(production, settings)
+    trained = [v.version for v in list_versions(settings) if v.kind == TRAINED]
+    if not trained:
+        raise ValueError(f"no trained model in {settings.models_dir}; run `shoprec train` first")
+    return trained[-1]
+
+
+def compress(version: str | None, settings: Settings) -> CompressionResult:
+    """Compress a trained version (default: the one behind production, else the newest) and report,
+    on the leave-one-out split of the data it was trained on."""
+    tune_cpu_runtime(settings.training.num_threads)  # latencies are measured with the threads serving would use
+    parent = load_recommender(version or default_parent(settings), settings)
     source = parent.metadata.get("data_source", "beauty")
     events, _ = load_events(source, settings)
-    return compress_recommender(parent, settings.models_dir / parent.version, split_for(parent, events), settings,
-                                options or CompressionOptions(), f"{source}, leave-one-out test split")
+    return compress_recommender(parent, split_for(parent, events), settings, f"{source}, leave-one-out test split")

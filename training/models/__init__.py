@@ -1,31 +1,26 @@
-"""One module per model; ``build_model(name, ...)`` picks one by name."""
+"""One module per model (``<model>.py`` beside its hyperparameters ``<model>.yaml``, which
+``shoprec.config`` loads into ``settings.hyperparameters``); ``build_model`` picks one by name."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import torch
 
-import yaml
+from shoprec.config import Hyperparameters
+from training.models.sasrec import SASRec
 
-MODELS_DIR = Path(__file__).resolve().parent
-
-
-def load_hyperparameters(model: str, profile: str = "full") -> dict:
-    """The ``profile`` section of ``training/models/<model>.yaml``, merged over its ``defaults``."""
-    path = MODELS_DIR / f"{model}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown model {model!r}; known models: {', '.join(known)}")
-    spec = yaml.safe_load(path.read_text())
-    if profile not in spec.get("profiles", {}):
-        raise ValueError(f"model {model!r} has no profile {profile!r}; known: {', '.join(spec.get('profiles', {}))}")
-    return {**spec.get("defaults", {}), **spec["profiles"][profile]}
+MODELS = {"sasrec": SASRec}
 
 
-def build_model(model_config: dict, text_embeddings=None):
-    """Instantiate the model named in ``model_config['model']`` from its config dict."""
+def build_model(model_config: dict, text_embeddings: torch.Tensor | None = None) -> torch.nn.Module:
+    """Instantiate the model named in ``model_config['model']`` from its config dict (the artifact's config.json)."""
     name = model_config.get("model", "sasrec")
-    if name == "sasrec":
-        from training.models.sasrec import SASRec
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return MODELS[name](model_config, text_embeddings)
 
-        return SASRec(model_config, text_embeddings)
-    raise ValueError(f"unknown model {name!r}")
+
+def new_model(hyperparameters: Hyperparameters, n_vocab: int, text_embeddings: torch.Tensor | None = None) -> torch.nn.Module:
+    """A freshly initialised model shaped by ``hyperparameters`` for ``n_vocab`` items (with padding);
+    ``text_embeddings`` (n_vocab, d) turns the text tower on."""
+    text_dim = 0 if text_embeddings is None else int(text_embeddings.shape[1])
+    return build_model({**hyperparameters.architecture(), "n_vocab": n_vocab, "text_dim": text_dim}, text_embeddings)

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from shoprec.adapters.base import Batch
 from shoprec.schema import EVENT_ARROW_SCHEMA, ITEM_ARROW_SCHEMA
+from simulator.catalog import CATEGORIES, catalog_frame, per_category_choice
 
 SECONDS_PER_DAY = 86_400.0
 EVENT_TYPES = np.array(["view", "add_to_cart", "purchase"], dtype=object)
@@ -47,63 +48,6 @@ HOURLY_TRAFFIC = np.array(
     [0.3, 0.2, 0.15, 0.1, 0.1, 0.15, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0,
      1.1, 1.0, 0.9, 0.9, 1.0, 1.1, 1.3, 1.5, 1.6, 1.4, 1.0, 0.6]
 )
-
-
-@dataclass(frozen=True)
-class Category:
-    name: str
-    nouns: tuple[str, ...]
-    adjectives: tuple[str, ...]
-    brands: tuple[str, ...]
-    median_price: float
-    complements: tuple[str, ...]
-
-
-CATEGORIES: tuple[Category, ...] = (
-    Category("Electronics", ("Headphones", "Speaker", "Smartwatch", "Tablet", "Keyboard", "Webcam", "Earbuds"),
-             ("Wireless", "Compact", "Pro", "Smart", "Ultra", "Noise-Cancelling"),
-             ("Voltix", "Sonara", "Pixelon", "Nexa", "Auralis", "Quantra"), 90.0, ("Phone Accessories",)),
-    Category("Phone Accessories", ("Phone Case", "Screen Protector", "Charger", "USB-C Cable", "Power Bank", "Car Mount"),
-             ("Slim", "Rugged", "Fast", "Magnetic", "Clear", "Braided"),
-             ("Grip", "Charja", "Shieldo", "Cablo", "Mountix", "Ampere"), 18.0, ("Electronics",)),
-    Category("Kitchen", ("Chef Knife", "Frying Pan", "Cutting Board", "Blender", "Mixing Bowl", "Toaster"),
-             ("Stainless", "Non-Stick", "Classic", "Heavy-Duty", "Ceramic", "Bamboo"),
-             ("Cucina", "Forge", "Panware", "Oakline", "Blendo", "Saveur"), 35.0, ("Coffee & Tea", "Home")),
-    Category("Coffee & Tea", ("Espresso Maker", "Coffee Grinder", "Kettle", "French Press", "Tea Infuser", "Coffee Mug"),
-             ("Barista", "Electric", "Glass", "Insulated", "Manual", "Gooseneck"),
-             ("Crema", "Brewster", "Leafwell", "Roastly", "Morning", "Steamo"), 40.0, ("Kitchen",)),
-    Category("Beauty", ("Face Serum", "Lipstick", "Mascara", "Moisturizer", "Eyeshadow Palette", "Foundation"),
-             ("Hydrating", "Matte", "Radiant", "Vegan", "Long-Lasting", "Gentle"),
-             ("Lumiere", "Velvet", "Glowa", "Puria", "Bloom", "Sheen"), 22.0, ("Personal Care",)),
-    Category("Personal Care", ("Shampoo", "Body Wash", "Toothbrush", "Razor", "Deodorant", "Hair Dryer"),
-             ("Fresh", "Sensitive", "Electric", "Natural", "Daily", "Herbal"),
-             ("Purely", "Aqualis", "Brisk", "Dermo", "Kindred", "Vita"), 12.0, ("Beauty",)),
-    Category("Sports", ("Yoga Mat", "Dumbbell Set", "Running Belt", "Jump Rope", "Resistance Band", "Water Bottle"),
-             ("Lightweight", "Adjustable", "Pro", "Grip", "Foldable", "Durable"),
-             ("Strivo", "Pulse", "Kinetic", "Apex", "Endura", "Flexa"), 30.0, ("Outdoor", "Apparel")),
-    Category("Outdoor", ("Tent", "Sleeping Bag", "Backpack", "Headlamp", "Camping Stove", "Trekking Poles"),
-             ("Waterproof", "Ultralight", "Rugged", "Insulated", "Compact", "Trail"),
-             ("Ridgeway", "Summit", "Northbound", "Timberline", "Basecamp", "Wildr"), 70.0, ("Sports",)),
-    Category("Apparel", ("T-Shirt", "Hoodie", "Jeans", "Jacket", "Leggings", "Socks"),
-             ("Organic", "Slim-Fit", "Oversized", "Classic", "Stretch", "Vintage"),
-             ("Threadly", "Urbane", "Cotton & Co", "Northwear", "Looma", "Stitch"), 35.0, ("Shoes",)),
-    Category("Shoes", ("Sneakers", "Running Shoes", "Boots", "Sandals", "Loafers", "Slippers"),
-             ("Cushioned", "Leather", "Breathable", "Waterproof", "Lightweight", "Everyday"),
-             ("Stride", "Solemate", "Pacer", "Treadwell", "Kickr", "Footloft"), 75.0, ("Apparel", "Sports")),
-    Category("Toys", ("Building Blocks", "Puzzle", "Plush Bear", "Toy Car", "Board Game", "Kite"),
-             ("Colorful", "Wooden", "Educational", "Classic", "Giant", "Mini"),
-             ("Playful", "Tinker", "Wonderbox", "Jolly", "Brickly", "Kidoo"), 20.0, ("Books",)),
-    Category("Books", ("Cookbook", "Mystery Novel", "Travel Guide", "Picture Book", "Notebook", "Sketchbook"),
-             ("Illustrated", "Bestselling", "Pocket", "Hardcover", "Collected", "Annotated"),
-             ("Pagewise", "Inkwell", "Folio", "Chapter", "Quill", "Bookend"), 15.0, ("Toys", "Coffee & Tea")),
-    Category("Home", ("Throw Blanket", "Table Lamp", "Scented Candle", "Wall Clock", "Storage Basket", "Cushion"),
-             ("Cozy", "Minimalist", "Rustic", "Modern", "Handmade", "Nordic"),
-             ("Hearth", "Nestle", "Lumen", "Oak & Ash", "Dwell", "Havn"), 30.0, ("Kitchen", "Pet Supplies")),
-    Category("Pet Supplies", ("Dog Bed", "Cat Tree", "Leash", "Pet Bowl", "Chew Toy", "Grooming Brush"),
-             ("Durable", "Orthopedic", "Reflective", "Washable", "Interactive", "Soft"),
-             ("Pawsome", "Furrly", "Barkley", "Whisker", "Petlove", "Tailwind"), 25.0, ("Home",)),
-)
-COLORS = ("Black", "White", "Grey", "Blue", "Red", "Green", "Beige", "Navy")
 
 
 @dataclass(frozen=True)
@@ -262,7 +206,7 @@ class _World:
         user_brand = user_category * brands_per_cat + rng.integers(brands_per_cat, size=n_users)
         activity = rng.lognormal(0.0, 1.0, n_users)
         item_ids = _ids("i", n_items)
-        items = _catalog(rng, item_ids, category, brand, price, available)
+        items = catalog_frame(rng, item_ids, category, brand, price, available)
         return cls(
             items, item_ids, _ids("u", n_users), category, brand, price, available, log_popularity,
             drift_amplitude, drift_phase, next_items, user_category, user_brand,
@@ -277,7 +221,7 @@ def _next_items(rng: np.random.Generator, category: np.ndarray, log_popularity: 
     bounds = np.searchsorted(category[sampler.order], np.arange(len(CATEGORIES) + 1))
     names = [c.name for c in CATEGORIES]
     complements = [tuple(names.index(n) for n in c.complements) for c in CATEGORIES]
-    complement = _lookup(complements, category, rng.random(n_items))
+    complement = per_category_choice(complements, category, rng.random(n_items))
     target = np.stack([category, category, complement.astype(np.int64)], axis=1)
     flat = target.ravel()
     drawn = sampler.draw(0, bounds[flat], bounds[flat + 1], rng.random(flat.size)).reshape(n_items, 3)
@@ -290,44 +234,6 @@ def _next_items(rng: np.random.Generator, category: np.ndarray, log_popularity: 
     neighbour = lo + (position[rows] - lo + 1) % (hi - lo)
     drawn[selfish] = sampler.order[neighbour]
     return drawn
-
-
-def _catalog(rng, item_ids, category, brand, price, available) -> pd.DataFrame:
-    n_items = len(item_ids)
-    nouns = _lookup([c.nouns for c in CATEGORIES], category, rng.random(n_items))
-    adjectives = _lookup([c.adjectives for c in CATEGORIES], category, rng.random(n_items))
-    brand_names = np.array([b for c in CATEGORIES for b in c.brands], dtype=object)[brand]
-    colors = np.array(COLORS, dtype=object)[rng.integers(0, len(COLORS), n_items)]
-    category_names = np.array([c.name for c in CATEGORIES], dtype=object)[category]
-    titles = brand_names + " " + adjectives + " " + nouns + " (" + colors + ")"
-    descriptions = (
-        adjectives + " " + pd.Series(nouns).str.lower().to_numpy(dtype=object) + " by " + brand_names
-        + " in " + pd.Series(colors).str.lower().to_numpy(dtype=object) + ". Category: " + category_names + "."
-    )
-    attributes = [
-        [f"color:{c.lower()}", f"brand:{b}", f"category:{k}"]
-        for c, b, k in zip(colors, brand_names, category_names)
-    ]
-    return pd.DataFrame(
-        {
-            "item_id": item_ids,
-            "title": titles,
-            "category": category_names,
-            "brand": brand_names,
-            "price": price,
-            "available": available,
-            "description": descriptions,
-            "attributes": attributes,
-        }
-    )
-
-
-def _lookup(words_per_category: list[tuple[str, ...]], category: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """A uniformly chosen word of each item's category (u in [0, 1) per item), vectorised."""
-    width = max(len(w) for w in words_per_category)
-    table = np.array([[w[i % len(w)] for i in range(width)] for w in words_per_category], dtype=object)
-    sizes = np.array([len(w) for w in words_per_category])
-    return table[category, (u * sizes[category]).astype(np.int64)]
 
 
 def _ids(prefix: str, n: int) -> np.ndarray:
@@ -580,7 +486,7 @@ def _frame(world: _World, chunk: _Chunk, keep: np.ndarray, start: pd.Timestamp, 
 
 def _metadata(world: _World, seed: int, n_events: int, start: pd.Timestamp, end: pd.Timestamp) -> dict:
     return {
-        "generator": "shoprec.generate",
+        "generator": "simulator.shop",
         "seed": seed,
         "n_events": n_events,
         "n_users": len(world.user_ids),

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import click
 
+from entrypoints.output import emit
 from shoprec.adapters import FORMATS
-from shoprec.cli import emit
+from shoprec.config import load_settings
+from shoprec.ingest import ingest as run_ingest
+from shoprec.ingest import validate_only
+from simulator.shop import generate as make_shop
+from simulator.shop import write_generated
 
 TIMESTAMP_UNITS = ("s", "ms", "us", "ns")
 
@@ -55,11 +60,8 @@ def ingest(fmt, path, mapping, timestamp_unit, as_json):
 
     Exits 1 when the batch is refused, after printing what failed.
     """
-    from shoprec.config import load_settings
-    from shoprec.ingest import ingest as run_ingest
-
     report = run_ingest(path, fmt, load_settings(), **_adapter_options(mapping, timestamp_unit))
-    emit(report.to_dict(), as_json, report.summary())
+    emit(report, as_json, report.summary())
     if not report.ok:
         raise SystemExit(1)
 
@@ -71,11 +73,8 @@ def validate(fmt, path, mapping, timestamp_unit, as_json):
 
     Exits 1 when the batch would be refused.
     """
-    from shoprec.config import load_settings
-    from shoprec.ingest import validate_only
-
     report = validate_only(path, fmt, load_settings(), **_adapter_options(mapping, timestamp_unit))
-    emit(report.to_dict(), as_json, report.summary())
+    emit(report, as_json, report.summary())
     if not report.ok:
         raise SystemExit(1)
 
@@ -94,9 +93,6 @@ def generate(n_events, seed, start, days, out, as_json):
 
     Ingest it with: shoprec ingest --format events OUT
     """
-    from shoprec.config import load_settings
-    from shoprec.generate import generate as make_shop, write_generated
-
     out = out or load_settings().home / "generated" / f"seed-{seed}"
     batch = make_shop(n_events, seed=seed, start=start, days=days, progress=not as_json)
     paths = write_generated(batch, out)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import click
 
-from shoprec.cli import emit
-
-
-def _settings():
-    from shoprec.config import load_settings
-
-    return load_settings()
+from entrypoints.output import emit, plain
+from shoprec.config import load_settings
+from shoprec.features import store
+from shoprec.features.online import OnlineFeatures
+from shoprec.features.tables import build_tables
 
 
 @click.group()
@@ -22,9 +20,7 @@ def features() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def build(as_json: bool) -> None:
     """Build the feature tables (sequences, user/item stats, text embeddings) from the lake."""
-    from shoprec.features.tables import build_tables
-
-    report = build_tables(_settings(), progress=not as_json)
+    report = plain(build_tables(load_settings(), progress=not as_json))
     emit(report, as_json, f"built {report['rows']} from {report['events']} events "
          f"({report['newly_encoded_texts']} texts newly encoded) in {report['offline_dir']}")
 
@@ -33,9 +29,7 @@ def build(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def apply(as_json: bool) -> None:
     """Register entities, sources, feature views and services (feast apply on feature_repo/)."""
-    from shoprec.features.store import apply as apply_repo
-
-    report = apply_repo(_settings())
+    report = plain(store.apply(load_settings()))
     emit(report, as_json, f"applied {', '.join(report['feature_views'])} + {', '.join(report['feature_services'])} "
          f"(online store: {report['online_store']})")
 
@@ -46,9 +40,7 @@ def apply(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def materialize(start, end, as_json: bool) -> None:
     """Copy the latest feature values into the online store, in bounded chunks (idempotent)."""
-    from shoprec.features.store import materialize as run
-
-    report = run(_settings(), start=start, end=end, progress=not as_json)
+    report = plain(store.materialize(load_settings(), start=start, end=end, progress=not as_json))
     lines = [f"{n}: {v['chunks']} chunk(s), {v['rows_read']} rows from {v['start']}" for n, v in report["views"].items()]
     emit(report, as_json, "\n".join(lines))
 
@@ -58,9 +50,7 @@ def materialize(start, end, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def show(user_id: str, as_json: bool) -> None:
     """Show a user's sequence as the online store serves it."""
-    from shoprec.features.online import OnlineFeatures
-
-    seq = OnlineFeatures(_settings()).user_sequences([user_id])[user_id]
+    seq = OnlineFeatures(load_settings()).user_sequences([user_id])[user_id]
     report = {"user_id": user_id, **seq}
     human = "\n".join(f"{t.isoformat()}  {e:12s} {i}" for i, e, t in zip(seq["item_ids"], seq["event_types"], seq["timestamps"]))
     emit(report, as_json, human or f"no sequence for user {user_id}")

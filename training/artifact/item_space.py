@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from training.compression.codec import read_weights, write_weights
+from training.artifact.codec import read_weights, write_weights
 
 ITEM_SPACE_FILE = "item_space.safetensors"
 TABLE = "item_table"
@@ -49,8 +49,10 @@ class TextProjection:
         return int(self.state["text_proj.weight"].shape[1])
 
     def mapped_to(self, reference_table: torch.Tensor, variant_table: torch.Tensor) -> "TextProjection":
-        """This projection followed by the least-squares map from ``reference_table`` rows to ``variant_table`` rows."""
-        to_variant = torch.linalg.lstsq(reference_table.double(), variant_table.double()).solution.float()
+        """This projection followed by the least-squares map from ``reference_table`` rows (the space
+        this projection lands in) to ``variant_table`` rows; a map it already has comes first."""
+        step = torch.linalg.lstsq(reference_table.double(), variant_table.double()).solution.float()
+        to_variant = self.state[TO_VARIANT] @ step if TO_VARIANT in self.state else step
         return TextProjection({**self.state, TO_VARIANT: to_variant}, self.eps)
 
     def __call__(self, text_embedding) -> np.ndarray:
@@ -73,7 +75,7 @@ class ItemSpace:
 
 
 def write_item_space(path: Path, space: ItemSpace, table_codec: str = "fp32") -> None:
-    """Write ``space``'s tensors (its LayerNorm eps goes in variant.json)."""
+    """Write ``space``'s tensors (its LayerNorm eps goes in the manifest, ``text_norm_eps``)."""
     tensors = dict(space.projection.state) if space.projection else {}
     if space.table is not None:
         tensors[TABLE] = torch.as_tensor(space.table, dtype=torch.float32)

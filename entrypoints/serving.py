@@ -1,0 +1,112 @@
+"""The one way ShopRec starts ``bentoml serve``: the demo, the tests' service harness and the
+load benchmark all call ``start_service``.
+
+The service runs in its own process group (BentoML starts one process per worker, which
+SIGTERM to the parent alone leaves behind) with ``child_env(settings)``, so it loads exactly
+the settings of the caller, and with ``BENTOML_HOME`` under the ShopRec home.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from entrypoints.processes import stop_process_group
+from shoprec.config import REPO_ROOT, Settings, child_env
+
+SERVICE = "services.service:ShopRecService"
+READY_ANSWERS_PER_WORKER = 4
+
+
+class ServiceStartError(RuntimeError):
+    """``bentoml serve`` exited or did not answer in time."""
+
+
+@dataclass
+class RunningService:
+    process: subprocess.Popen
+    url: str
+    log_path: Path | None
+
+    def wait_until_live(self, timeout_seconds: float = 120.0) -> None:
+        """Until the server answers ``/livez`` (it does before any model is loaded)."""
+        self._wait(lambda: self._answers("/livez"), 1, timeout_seconds, "live")
+
+    def wait_until_ready(self, workers: int = 1, timeout_seconds: float = 120.0) -> None:
+        """Until ``/readyz`` (a model serves) answers in a run long enough to have reached every
+        worker: each loads the model on its own, and each answer comes on a new connection."""
+        self._wait(lambda: self._answers("/readyz"), READY_ANSWERS_PER_WORKER * max(1, workers), timeout_seconds, "ready")
+
+    def stop(self, grace_seconds: float = 15.0) -> None:
+        stop_process_group(self.process, grace_seconds)
+
+    def _answers(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=3) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def _wait(self, check, in_a_row: int, timeout_seconds: float, state: str) -> None:
+        deadline, run = time.monotonic() + timeout_seconds, 0
+        while run < in_a_row:
+            if self.process.poll() is not None:
+                raise ServiceStartError(f"bentoml serve exited with {self.process.returncode}{self._see_log()}")
+            if time.monotonic() > deadline:
+                raise ServiceStartError(f"the service at {self.url} was not {state} within {timeout_seconds:.0f} s{self._see_log()}")
+            run = run + 1 if check() else 0
+            if run == 0:
+                time.sleep(0.25)
+
+    def _see_log(self) -> str:
+        return f"; its log: {self.log_path}" if self.log_path else ""
+
+
+def bentoml_cli() -> str:
+    """The ``bentoml`` executable of this interpreter's environment."""
+    return str(Path(sys.executable).with_name("bentoml"))
+
+
+def start_service(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    log_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    wait: Literal["ready", "live", "no"] = "ready",
+    workers: int | None = None,
+    timeout_seconds: float = 120.0,
+) -> RunningService:
+    """Start ``bentoml serve services.service:ShopRecService`` on ``port`` (default
+    ``settings.serving.port``) and wait until it is ready (a model serves), live (it answers,
+    model or not) or not at all. ``extra_env`` goes on top of the settings' environment;
+    ``workers`` is how many must answer ready (default ``settings.serving.workers``; give it
+    when ``extra_env`` changes it). On a failed start the process group is stopped."""
+    port = port or settings.serving.port
+    env = child_env(settings, **{"BENTOML_HOME": str(settings.bentoml_home), **(extra_env or {})})
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        process = subprocess.Popen(
+            [bentoml_cli(), "serve", SERVICE, "--port", str(port), "--host", host],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    finally:
+        if log_path:
+            log.close()  # the child holds its own copy of the descriptor
+    service = RunningService(process, f"http://{host}:{port}", log_path)
+    try:
+        if wait == "ready":
+            service.wait_until_ready(workers or settings.serving.workers, timeout_seconds)
+        elif wait == "live":
+            service.wait_until_live(timeout_seconds)
+    except BaseException:
+        service.stop()
+        raise
+    return service

@@ -1,0 +1,243 @@
+"""The pipeline steps: one plain function per task of the Airflow DAGs (``dags/`` only wires
+them), usable without Airflow (the CLI and the tests call them too).
+
+shoprec_features:  pick_batches -> validate_and_ingest -> build_features -> feast_apply -> materialize
+shoprec_training:  enough_new_data -> training_set -> train -> compress -> evaluate -> gate
+                   -> release -> deploy -> smoke_test
+
+What one task hands the next crosses Airflow's XCom as a plain dict: the champion steps
+(``training.champion``) take the upstream dicts, work on their typed results
+(``TrainingSet.from_dict`` ...) and return ``to_dict()``; the typed results read here in
+Python (``Ingested``, ``PromotionDecision``, ``Release``) are returned as such, and the DAG
+turns them into dicts. A training run's hyperparameters, compression options and
+preset come from its DAG params through ``run_settings`` (a validated copy of the settings).
+
+Imports of the heavy stacks (Great Expectations, Feast, torch: seconds of CPU each) sit inside
+the steps that use them: Airflow's DAG processor imports this module every time it re-parses
+the DAG files, and only the task that runs a step needs that step's stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, is_dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from entrypoints.inbox import INBOX_FORMAT, inbox_batches
+from entrypoints.orchestration import FEATURES_ASSET_NAME, task_defaults
+from shoprec.config import Settings
+
+if TYPE_CHECKING:
+    from training.champion import PromotionDecision
+
+__all__ = [
+    "FEATURES_ASSET_NAME", "BatchRefused", "Ingested", "NotServable", "Release", "build_features", "compress",
+    "deploy", "enough_new_data", "evaluate", "feast_apply", "gate", "materialize", "pick_batches", "release",
+    "release_challenger", "run_settings", "smoke_test", "task_defaults", "train", "training_set",
+    "validate_and_ingest",
+]
+
+
+class BatchRefused(RuntimeError):
+    """The validation gate refused a batch (it was quarantined); bad data stays bad: no retry."""
+
+
+class NotServable(RuntimeError):
+    """A model version the service could not load or answer with; it must not become production."""
+
+
+# --- shoprec_features ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What one features run took in: the training DAG's trigger reads ``new_events``."""
+
+    batches: list[str]
+    new_events: int
+    first_event: datetime | None  # the oldest new event: materialization starts there
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "first_event": self.first_event.isoformat() if self.first_event else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Ingested":
+        first = data.get("first_event")
+        return cls(list(data["batches"]), int(data["new_events"]), datetime.fromisoformat(first) if first else None)
+
+    def asset_extra(self) -> dict[str, Any]:
+        """The extra of the ``shoprec_features`` asset event this run emits."""
+        return {"new_events": self.new_events, "batches": self.batches}
+
+
+def pick_batches(settings: Settings, start: datetime, end: datetime, batch: str | None = None) -> list[str]:
+    """The inbox batches that arrived in [start, end), oldest first; just ``batch`` when given."""
+    if batch:
+        return [batch]
+    return [str(path) for path in inbox_batches(settings, start, end)]
+
+
+def validate_and_ingest(settings: Settings, batches: list[str]) -> Ingested:
+    """Each batch through the Great Expectations gate into the lake; BatchRefused names every
+    refused batch (each already quarantined) once all were tried."""
+    from shoprec.ingest import ingest  # heavy (Great Expectations): see the module docstring
+
+    reports = [ingest(path, INBOX_FORMAT, settings) for path in batches]
+    for report in reports:
+        print(report.summary())
+    refused = [report for report in reports if not report.ok]
+    if refused:
+        raise BatchRefused("validation refused " + ", ".join(f"{r.source} (quarantined in {r.quarantine})" for r in refused))
+    firsts = [datetime.fromisoformat(r.counts["first_event"]) for r in reports if r.counts.get("first_event")]
+    return Ingested([r.batch_id for r in reports], sum(int(r.counts["events"]) for r in reports), min(firsts, default=None))
+
+
+def build_features(settings: Settings) -> dict[str, Any]:
+    """The feature tables from the lake."""
+    from shoprec.features.tables import build_tables  # heavy (the text model): see the module docstring
+
+    return _as_dict(build_tables(settings))
+
+
+def feast_apply(settings: Settings) -> dict[str, Any]:
+    """Register the feature views and services in Feast."""
+    from shoprec.features.store import apply  # heavy (Feast): see the module docstring
+
+    return _as_dict(apply(settings))
+
+
+def materialize(settings: Settings, ingested: Ingested, end: datetime) -> dict[str, Any]:
+    """Fill the online store up to ``end``, from the oldest new event on: a backfilled or late
+    batch reaches the online store too."""
+    from shoprec.features.store import materialize as materialize_views  # heavy (Feast): see the module docstring
+
+    return _as_dict(materialize_views(settings, end=end, since=ingested.first_event))
+
+
+# --- shoprec_training ---------------------------------------------------------------------
+
+
+def run_settings(settings: Settings, params: Mapping[str, Any] | None) -> Settings:
+    """The settings of one training run: its DAG params (``preset``, or ``profile``, its old
+    name; hyperparameter ``overrides``; ``compression`` options) on top of ``settings``.
+    ValueError for an unknown hyperparameter or compression option."""
+    params = params or {}
+    training: dict[str, Any] = {"overrides": {**settings.training.overrides, **(params.get("overrides") or {})}}
+    preset = params.get("preset") or params.get("profile")
+    if preset:
+        training["preset"] = preset
+    compression = dict(params.get("compression") or {})
+    unknown = sorted(set(compression) - set(type(settings.compression).model_fields))
+    if unknown:
+        known = ", ".join(type(settings.compression).model_fields)
+        raise ValueError(f"unknown compression option(s) {', '.join(unknown)}; known: {known}")
+    return settings.with_overrides(training=training, compression=compression)
+
+
+def enough_new_data(settings: Settings, triggering_asset_events: Any) -> bool:
+    """Whether a training run goes on: always when scheduled (no triggering asset events),
+    otherwise once the feature updates that triggered it brought ``min_new_events_for_training``."""
+    events = [event for batch in (triggering_asset_events or {}).values() for event in batch]
+    if not events:
+        return True
+    new = sum(int((event.extra or {}).get("new_events", 0)) for event in events)
+    wanted = settings.promotion.min_new_events_for_training
+    print(f"{new} new events since the last training run (need {wanted})")
+    return new >= wanted
+
+
+def training_set(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Fix the run's data: the hold-out cutoff, the training events, the hold-out events."""
+    from training.champion import build_training_set  # heavy (torch): see the module docstring
+
+    return build_training_set(settings, run_id).to_dict()
+
+
+def train(settings: Settings, dataset: Mapping[str, Any], mode: str = "auto") -> dict[str, Any]:
+    """The challenger: ``full`` training, ``warm`` (from production) or ``auto``."""
+    from training.champion import TrainingSet, train_challenger  # heavy (torch): see the module docstring
+
+    return train_challenger(settings, TrainingSet.from_dict(dataset), mode=mode).to_dict()
+
+
+def compress(settings: Settings, challenger: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """Every compressed variant of the challenger; the compression gate picks the one to serve."""
+    from training.champion import Challenger, TrainingSet, compress_challenger  # heavy (torch): see the module docstring
+
+    return compress_challenger(settings, Challenger.from_dict(challenger), TrainingSet.from_dict(dataset)).to_dict()
+
+
+def evaluate(settings: Settings, compressed: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """The challenger's served variant against the champion's served version, same hold-out."""
+    from training.champion import CompressedChallenger, TrainingSet, challenger_vs_champion  # heavy (torch): see the module docstring
+
+    return challenger_vs_champion(settings, CompressedChallenger.from_dict(compressed), TrainingSet.from_dict(dataset)).to_dict()
+
+
+def gate(settings: Settings, evaluation: Mapping[str, Any], compressed: Mapping[str, Any]) -> PromotionDecision:
+    """The promotion decision: promote or not, the reasons, the version that would be served."""
+    from training.champion import CompressedChallenger, Evaluation, passes_gate  # heavy (torch): see the module docstring
+
+    return passes_gate(settings, Evaluation.from_dict(evaluation), CompressedChallenger.from_dict(compressed))
+
+
+@dataclass(frozen=True)
+class Release:
+    """A version that proved it can be served and became production."""
+
+    version: str
+    previous: str | None  # the production version it replaced
+    items: int  # the size of its vocabulary
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Release":
+        return cls(str(data["version"]), data.get("previous"), int(data["items"]))
+
+
+def release(version: str, settings: Settings) -> Release:
+    """Load ``version`` exactly as the service does and ask it for a recommendation; only then
+    promote it. NotServable (production untouched) when either fails."""
+    from services.bundle import load_bundle  # heavy (torch, the lake): see the module docstring
+    from training.registry import promote  # heavy (torch): see the module docstring
+
+    try:
+        recommender = load_bundle(version, settings).recommender
+        top = recommender.recommend([recommender.item_ids[0]], k=5)
+    except Exception as error:  # whatever breaks this load breaks the service's the same way: report it, never promote
+        raise NotServable(f"model version {version} cannot be served: {type(error).__name__}: {error}") from error
+    if not top:
+        raise NotServable(f"model version {version} recommends nothing")
+    previous = promote(version, settings)
+    return Release(version, previous, len(recommender.item_ids))
+
+
+def release_challenger(settings: Settings, compressed: Mapping[str, Any]) -> Release:
+    """``release`` of the version the compression gate picked for the challenger."""
+    from training.champion import CompressedChallenger  # heavy (torch): see the module docstring
+
+    return release(CompressedChallenger.from_dict(compressed).served_version, settings)
+
+
+def deploy(settings: Settings, released: Release) -> dict[str, Any]:
+    """Hot-swap the running service to the released version; a failure rolls production back."""
+    from services import client  # heavy (torch, through training.registry): see the module docstring
+
+    return client.deploy(settings, released.version, url=settings.airflow.service_url or None)
+
+
+def smoke_test(settings: Settings, released: Release) -> dict[str, Any]:
+    """The service serves the released version and answers; a failure rolls production back."""
+    from services import client  # heavy (torch, through training.registry): see the module docstring
+
+    return client.verify_deployment(settings, released.version, url=settings.airflow.service_url or None)
+
+
+def _as_dict(report: Any) -> dict[str, Any]:
+    """A step report as XCom takes it (the feature steps' reports may be dicts or dataclasses)."""
+    if hasattr(report, "to_dict"):
+        return report.to_dict()
+    return asdict(report) if is_dataclass(report) else dict(report)

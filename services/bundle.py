@@ -1,0 +1,139 @@
+"""What the service serves from one model version, and the version that serves now.
+
+``load_bundle(version, settings)`` builds a ``ServedBundle`` before any swap: the model
+(``training.artifact.load_recommender``, any format), its vocabulary aligned with the
+catalog (``services.catalog``), the fallback rankings and last-known item state from the
+offline ``item_stats`` table, and unit item embeddings for reasons and similar items. The
+release step verifies a version with it before promoting.
+
+``CurrentModel`` holds the bundle that serves (``ModelHolder``: background load, atomic
+swap, a failed version keeps the old one) and answers /model and /admin/reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from services.catalog import ITEM_STATS_COLUMNS, Catalog, CatalogState, Popularity
+from services.guards import RequestError
+from services.ranking import unit_rows
+from services.resilience import ModelHolder, Refresh
+from shoprec.config import Settings
+from shoprec.features.tables import table_path
+from shoprec.lake import read_items
+from training.artifact import Recommender, load_recommender
+from training.registry import production_version
+
+log = logging.getLogger(__name__)
+VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder of models_dir, never a path
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class ServedBundle:
+    """Everything a request needs from one model version, built before the swap."""
+
+    recommender: Recommender
+    catalog: Catalog
+    popularity: Popularity
+    last_known: CatalogState  # availability and price at load: stand-ins while the online store is down
+    unit_embeddings: np.ndarray
+    known_items: frozenset[str]  # catalog and vocabulary: what /events accepts
+    loaded_at: str = field(default_factory=_utc_now)
+
+    @property
+    def version(self) -> str:
+        return self.recommender.version
+
+
+def load_bundle(version: str, settings: Settings) -> ServedBundle:
+    """Load a version of ``settings.models_dir`` and precompute catalog alignment and fallbacks."""
+    if not VERSION_NAME.match(version):
+        raise ValueError(f"{version!r} is not a model version name")
+    recommender = load_recommender(version, settings)
+    items = read_items(settings.lake_dir)
+    catalog = Catalog.build(list(recommender.item_ids), items)
+    item_stats = read_item_stats(settings)
+    embeddings = unit_rows(np.asarray(recommender.item_embeddings(), dtype=np.float32))
+    if embeddings.shape[0] != len(catalog.item_ids):
+        raise ValueError(f"model {version}: {embeddings.shape[0]} item embeddings for {len(catalog.item_ids)} items")
+    return ServedBundle(
+        recommender=recommender,
+        catalog=catalog,
+        popularity=Popularity.from_item_stats(item_stats, catalog.index, settings.serving.trending_days),
+        last_known=CatalogState.from_item_stats(item_stats, catalog.index),
+        unit_embeddings=embeddings,
+        known_items=frozenset(catalog.index) | frozenset(items["item_id"].dropna().astype(str)),
+    )
+
+
+def read_item_stats(settings: Settings) -> pd.DataFrame:
+    """The columns of the offline ``item_stats`` table serving reads; empty (no fallback
+    popularity, every item available) before the features pipeline first ran."""
+    path = table_path(settings, "item_stats")
+    if not path.exists():
+        log.warning("no item_stats table at %s yet: fallbacks have no popularity", path)
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in ITEM_STATS_COLUMNS})
+    frame = pd.read_parquet(path, columns=ITEM_STATS_COLUMNS)
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    return frame
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """GET /model."""
+
+    model_version: str | None
+    created_at: str | None
+    metrics: dict
+    protocol: str | None
+    lineage: list | None
+    loaded_at: str | None
+    n_items: int
+    last_reload_failure: dict | None
+    online_store_error: str | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class CurrentModel:
+    """The bundle that serves now; loads the production version (or a named one) on request."""
+
+    def __init__(self, settings: Settings, holder: ModelHolder[ServedBundle] | None = None):
+        self.holder = holder or ModelHolder(lambda v: load_bundle(v, settings), lambda: production_version(settings))
+
+    def bundle(self) -> ServedBundle:
+        served = self.holder.current
+        if served is None:
+            raise RequestError("no model is loaded yet", status=503, detail=self.holder.last_failure)
+        return served
+
+    def reload(self, version: str | None = None) -> Refresh:
+        if version is not None and not (isinstance(version, str) and VERSION_NAME.match(version)):
+            raise RequestError("version must be a model version name (letters, digits, '.', '_', '-')")
+        return self.holder.refresh(version)
+
+    def info(self, online_store_error: str | None) -> ModelInfo:
+        served = self.holder.current
+        meta = dict(served.recommender.metadata) if served else {}
+        return ModelInfo(
+            model_version=served.version if served else None,
+            created_at=meta.get("created_at"),
+            metrics=meta.get("metrics", {}),
+            protocol=meta.get("protocol"),
+            lineage=meta.get("lineage"),
+            loaded_at=served.loaded_at if served else None,
+            n_items=len(served.catalog.item_ids) if served else 0,
+            last_reload_failure=self.holder.last_failure,
+            online_store_error=online_store_error,
+        )

@@ -1,0 +1,151 @@
+"""The layering holds: the import-linter contracts of pyproject.toml, no import cycle between
+modules or between packages, and DAG files that import only the pipeline steps.
+
+Imports inside functions count (grimp reads every import statement of a module).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import grimp
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT_PACKAGES = ("entrypoints", "services", "training", "shoprec", "simulator")
+DAG_IMPORTS = {"entrypoints.steps", "shoprec.config"}  # besides Airflow and the standard library
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph(*ROOT_PACKAGES, cache_dir=None)
+
+
+def test_lint_imports_keeps_every_contract():
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(lint_imports), "--no-cache", "--no-logo"], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (each holds a cycle), and self-loops."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    nodes = sorted(set(edges) | {n for targets in edges.values() for n in targets})
+
+    def visit(root: str) -> None:  # iterative Tarjan: the module graph is deeper than the recursion limit allows
+        work = [(root, iter(sorted(edges.get(root, ()))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, targets = work[-1]
+            for target in targets:
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(edges.get(target, ())))))
+                    break
+                if target in on_stack:
+                    low[node] = min(low[node], index[target])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1 or node in edges.get(node, ()):
+                        found.append(sorted(component))
+
+    for node in nodes:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_cycle_finder_finds_a_cycle_and_nothing_else():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def module_edges(graph: grimp.ImportGraph) -> dict[str, set[str]]:
+    return {module: set(graph.find_modules_directly_imported_by(module)) for module in graph.modules}
+
+
+def package_cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """At every level: the top-level packages, and the children of each package (its modules and
+    sub-packages, each sub-package taken whole) as siblings."""
+    edges = module_edges(graph)
+    packages = {module for module in graph.modules if graph.find_children(module)}
+    found = []
+    for parent in sorted(packages | {""}):
+        siblings: dict[str, set[str]] = defaultdict(set)
+        for module, targets in edges.items():
+            source = child_of(parent, module)
+            for target in targets:
+                destination = child_of(parent, target)
+                if source and destination and source != destination:
+                    siblings[source].add(destination)
+        found += cycles(siblings)
+    return found
+
+
+def test_no_import_cycle_between_modules(graph):
+    found = cycles(module_edges(graph))
+    assert not found, "import cycles between modules: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_no_import_cycle_between_packages(graph):
+    found = package_cycles(graph)
+    assert not found, "import cycles between packages: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_checks_see_a_cycle_once_one_is_added():
+    graph = grimp.build_graph(*ROOT_PACKAGES, cache_dir=None)
+    graph.add_import(importer="shoprec.config", imported="entrypoints.steps")  # steps imports shoprec.config
+    assert any({"shoprec.config", "entrypoints.steps"} <= set(c) for c in cycles(module_edges(graph)))
+    assert any({"entrypoints", "shoprec"} <= set(c) for c in package_cycles(graph))
+
+
+def child_of(parent: str, module: str) -> str | None:
+    """The child of ``parent`` that holds ``module`` (None: outside it, or its own __init__)."""
+    prefix = f"{parent}." if parent else ""
+    if not module.startswith(prefix) or module == parent:
+        return None
+    return prefix + module[len(prefix):].split(".")[0]
+
+
+def imported_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            named = {f"{node.module}.{alias.name}" for alias in node.names}
+            # `from entrypoints import steps` imports the module entrypoints.steps
+            found |= named & DAG_IMPORTS or {node.module}
+    return found
+
+
+@pytest.mark.parametrize("dag_file", sorted((REPO / "dags").glob("*.py")), ids=lambda p: p.name)
+def test_a_dag_file_imports_only_the_steps_and_the_config(dag_file):
+    ours = {m for m in imported_modules(dag_file) if m.split(".")[0] in ROOT_PACKAGES}
+    others = {m for m in imported_modules(dag_file) if m.split(".")[0] not in ROOT_PACKAGES}
+    assert ours <= DAG_IMPORTS, f"{dag_file.name} imports {sorted(ours - DAG_IMPORTS)}"
+    assert {m.split(".")[0] for m in others} <= {"__future__", "airflow", "datetime"}, sorted(others)
