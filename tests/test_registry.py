@@ -130,6 +130,16 @@ def test_rollback_after_a_rollback_and_a_new_promotion(settings):
     assert rollback(settings) == "a-v1"
 
 
+def test_promoting_production_again_changes_nothing(settings):
+    for version in ("a-v1", "b-v2"):
+        save_trained(settings, version)
+        promote(version, settings)
+    history = promotion_history(settings)
+    assert promote("b-v2", settings) == "b-v2"  # a retried release
+    assert promotion_history(settings) == history
+    assert rollback(settings) == "a-v1"
+
+
 def test_rollback_without_history_refuses_to_guess(settings):
     save_trained(settings, "a-v1")
     settings.models_dir.joinpath(POINTER).write_text("a-v1\n")  # a pointer from before the history existed

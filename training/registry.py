@@ -91,11 +91,15 @@ def production_version(settings: Settings) -> str | None:
 
 def promote(version: str, settings: Settings) -> str | None:
     """Make ``version`` production; returns the version it replaced. Refuses (ArtifactError) a
-    version that does not exist or whose files do not verify against its manifest."""
+    version that does not exist or whose files do not verify against its manifest. Promoting
+    the version already in production changes nothing (a retried release must not make the
+    history point a rollback back at the same version)."""
     root = Path(settings.models_dir)
     _verified(version, settings)
     with _locked(root):
         previous = production_version(settings)
+        if previous == version:
+            return previous
         _write_pointer(root, version)
         _append_history(root, PromotionRecord(_now(), "promote", version, previous))
     return previous
@@ -110,7 +114,8 @@ def rollback(settings: Settings) -> str | None:
         current = production_version(settings)
         if current is None:
             raise ValueError(f"nothing to roll back: no production version in {root}")
-        promotions = [r for r in promotion_history(settings) if r.action == "promote" and r.version == current]
+        promotions = [r for r in promotion_history(settings)
+                      if r.action == "promote" and r.version == current and r.previous != current]
         if not promotions:
             raise ValueError(f"the promotion history ({root / HISTORY}) does not say what was production before "
                              f"{current}; promote the version to go back to instead")
