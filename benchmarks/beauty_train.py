@@ -5,7 +5,8 @@ full-ranking protocol, evaluate it with our baselines, and write the results tab
     python benchmarks/beauty_train.py [--out DIR] [--preset full] [--no-text] [--set key=value ...]
 
 The hyperparameters are the settings' (``training/models/sasrec.yaml``, the chosen preset,
-then ``--set`` overrides); an unknown key fails before anything is trained.
+then ``--set`` overrides, parsed as ``shoprec train`` parses them); an unknown key fails before
+anything is trained.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
+import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shoprec.config import Settings, load_settings  # noqa: E402  (after the repo is on the path)
+from entrypoints.commands.training import training_settings  # noqa: E402  (after the repo is on the path)
+from shoprec.config import load_settings  # noqa: E402
 from training.pipeline import train_version  # noqa: E402
 
 PUBLISHED = [  # HR@10, NDCG@10 on this exact file, full ranking (amazon-beauty/README.md)
@@ -32,26 +34,6 @@ PUBLISHED = [  # HR@10, NDCG@10 on this exact file, full ranking (amazon-beauty/
     ("SASRec + sampled softmax (eSASRec README)", 0.0921, 0.0531),
 ]
 COLUMNS = ["HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "coverage@10", "popularity_bias@10"]
-
-
-def parse_value(text: str):
-    return yaml.safe_load(text)
-
-
-def parse_overrides(assignments: list[str], no_text: bool) -> dict:
-    """``--set key=value`` (values parsed as YAML) and ``--no-text`` as hyperparameter overrides."""
-    malformed = [a for a in assignments if "=" not in a]
-    if malformed:
-        raise SystemExit(f"--set takes KEY=VALUE, got {', '.join(malformed)}")
-    overrides = {k: parse_value(v) for k, v in (a.split("=", 1) for a in assignments)}
-    if no_text:
-        overrides["use_text"] = False
-    return overrides
-
-
-def benchmark_settings(base: Settings, preset: str, overrides: dict) -> Settings:
-    """``base`` with this run's preset and overrides on top of the configured ones."""
-    return base.with_overrides(training={"preset": preset, "overrides": {**base.training.overrides, **overrides}})
 
 
 def results_table(report: dict, name: str) -> list[dict]:
@@ -107,8 +89,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter")
     args = parser.parse_args()
 
-    overrides = parse_overrides(args.set, args.no_text)
-    settings = benchmark_settings(load_settings(), args.preset, overrides)
+    try:  # the same --set parsing and checks as `shoprec train`
+        settings = training_settings(load_settings(), args.preset, None, tuple(args.set), no_text=args.no_text)
+    except click.BadParameter as error:
+        parser.error(error.format_message())
+    overrides = settings.training.overrides
     version, report = train_version(settings, data="beauty", protocol="loo", checkpoint=True)  # an interrupted run resumes
     name = "sasrec" + (" + MiniLM text" if settings.hyperparameters.use_text else "")
     rows = results_table(report, name)

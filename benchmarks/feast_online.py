@@ -72,8 +72,8 @@ def prepare(batch: Batch, backend: str, home: Path, skip_embeddings: bool):
     t = time.perf_counter()
     mat = store.materialize(s, end=pd.Timestamp("2030-01-01", tz="UTC"))
     mat_s = time.perf_counter() - t
-    rows = sum(v["rows_read"] for v in mat["views"].values())
-    print(f"  [{backend}] build {build_s:.1f} s ({report['rows']}); materialize {rows} rows in {mat_s:.1f} s = {rows / mat_s:,.0f} rows/s")
+    rows = sum(v.rows_read for v in mat.views.values())
+    print(f"  [{backend}] build {build_s:.1f} s ({report.rows}); materialize {rows} rows in {mat_s:.1f} s = {rows / mat_s:,.0f} rows/s")
     return s
 
 
@@ -85,7 +85,8 @@ def build_without_text(s):
     }
     for name, frame in frames.items():
         tables.write_table(frame, tables.table_path(s, name))
-    return {"rows": {n: len(f) for n, f in frames.items()}}
+    return tables.BuiltTables(len(events), events["user_id"].nunique(), len(items),
+                              {n: len(f) for n, f in frames.items()}, 0, str(s.feast_dir / "offline"))
 
 
 def read_latency(s, users: list[str], n_users: int, reads: int) -> str:

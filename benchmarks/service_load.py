@@ -9,7 +9,7 @@ of the same service, one after the other on the same machine, data and features:
            online-store read and model call), ``--workers`` worker processes (2: the
            production profile's one per core)
   unbatched : the served configuration with batching off (what batching buys)
-  naive  : the FP32 PyTorch model, no batching (SHOPREC_SERVING__BATCH_MAX_SIZE=1), one worker
+  naive  : the FP32 PyTorch model, no batching (serving.batch_max_size=1), one worker
 Each is promoted to production before its server starts. wrk runs at concurrency 1, 8
 and 32 on POST /recommend for known users (p50/p99 latency, requests/s, errors); then
 event-to-recommendation freshness: POST /events for a new user, then /recommend until
@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shoprec.config import Settings  # noqa: E402  (after the repo is on the path)
-from tests.service_harness import TOKEN, RedisServer, Server, call, env_for, prepare_shop, shop_settings  # noqa: E402
+from tests.service_harness import TOKEN, RedisServer, Server, call, prepare_shop, shop_settings  # noqa: E402
 from training.artifact import load_recommender  # noqa: E402
 from training.compression.folding import fold_text_tower  # noqa: E402
 from training.compression.onnx_export import onnx_fp32, onnx_int8  # noqa: E402
@@ -56,7 +56,7 @@ request = function()
   return wrk.format(nil, "/recommend", nil, body)
 end
 """
-NAIVE = {"SHOPREC_SERVING__BATCH_MAX_SIZE": "1", "SHOPREC_SERVING__WORKERS": "1"}
+NAIVE = {"batch_max_size": 1, "workers": 1}  # settings.serving overrides
 
 
 def compressed_variant(settings: Settings, version: str, method: str) -> str:
@@ -124,14 +124,13 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="shoprec-bench-"))
     redis = RedisServer(home / "redis").start()
-    env = env_for(home, redis.port, SHOPREC_SERVING__RELOAD_POLL_SECONDS="60")
     settings = shop_settings(home, redis.port)
-    shop = prepare_shop(args.events, settings=settings)
+    shop = prepare_shop(settings, args.events)
     served_version = shop["version"] if args.variant == "none" else compressed_variant(settings, shop["version"], args.variant)
-    served_env = {"SHOPREC_SERVING__WORKERS": str(args.workers)}
-    configs = {
-        "served": (served_version, served_env),
-        "unbatched": (served_version, {**served_env, "SHOPREC_SERVING__BATCH_MAX_SIZE": "1"}),
+    served = {"workers": args.workers}
+    configs = {  # settings.serving overrides of each configuration
+        "served": (served_version, served),
+        "unbatched": (served_version, {**served, "batch_max_size": 1}),
         "naive": (shop["version"], NAIVE),
     }
     users = home / "users.txt"
@@ -140,9 +139,11 @@ def main() -> None:
     script.write_text(LUA % users)
     report = {"events": args.events, "seconds": args.seconds, "configs": {}}
     try:
-        for name, (version, extra) in configs.items():
+        for name, (version, serving) in configs.items():
             promote(version, settings)
-            server = Server({**env, **extra}, log_path=home / f"serve-{name}.log").start()
+            # the pointer polled once a minute, not every 0.5 s: the version is promoted before the server starts
+            server_settings = settings.with_overrides(serving={"reload_poll_seconds": 60, **serving})
+            server = Server(server_settings, log_path=home / f"serve-{name}.log").start()
             try:
                 assert call(server, "GET", "/model")[1]["model_version"] == version
                 for _ in range(20):

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, is_dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import click
 
 
-def plain(report: Any) -> Any:
-    """A report as JSON-able data: a typed result through its ``to_dict`` (or its fields)."""
-    if hasattr(report, "to_dict"):
-        return report.to_dict()
-    if is_dataclass(report) and not isinstance(report, type):
-        return asdict(report)
-    return report
+class Report(Protocol):
+    """A typed result (a dataclass with ``to_dict()``, e.g. ``BuiltTables``, ``Release``)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
-def emit(report: Any, as_json: bool, human: str) -> None:
-    """Print a report as JSON (``--json``) or as the human summary."""
-    click.echo(json.dumps(plain(report), indent=2, default=str) if as_json else human)
+def emit(report: Report | dict[str, Any], as_json: bool, human: str) -> None:
+    """Print a report, a typed result or plain data, as JSON (``--json``) or as the human summary."""
+    if as_json:
+        click.echo(json.dumps(report if isinstance(report, dict) else report.to_dict(), indent=2, default=str))
+    else:
+        click.echo(human)

@@ -79,18 +79,15 @@ def start_service(
     port: int | None = None,
     host: str = "127.0.0.1",
     log_path: Path | None = None,
-    extra_env: dict[str, str] | None = None,
     wait: Literal["ready", "live", "no"] = "ready",
-    workers: int | None = None,
     timeout_seconds: float = 120.0,
 ) -> RunningService:
-    """Start ``bentoml serve services.service:ShopRecService`` on ``port`` (default
-    ``settings.serving.port``) and wait until it is ready (a model serves), live (it answers,
-    model or not) or not at all. ``extra_env`` goes on top of the settings' environment;
-    ``workers`` is how many must answer ready (default ``settings.serving.workers``; give it
-    when ``extra_env`` changes it). On a failed start the process group is stopped."""
+    """Start ``bentoml serve services.service:ShopRecService`` with exactly ``settings``, on
+    ``port`` (default ``settings.serving.port``), and wait until it is ready (a model serves
+    in each of ``settings.serving.workers``), live (it answers, model or not) or not at all.
+    On a failed start the process group is stopped."""
     port = port or settings.serving.port
-    env = child_env(settings, **{"BENTOML_HOME": str(settings.bentoml_home), **(extra_env or {})})
+    env = child_env(settings, BENTOML_HOME=str(settings.bentoml_home))
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         process = subprocess.Popen(
@@ -103,7 +100,7 @@ def start_service(
     service = RunningService(process, f"http://{host}:{port}", log_path)
     try:
         if wait == "ready":
-            service.wait_until_ready(workers or settings.serving.workers, timeout_seconds)
+            service.wait_until_ready(settings.serving.workers, timeout_seconds)
         elif wait == "live":
             service.wait_until_live(timeout_seconds)
     except BaseException:

@@ -5,11 +5,10 @@ shoprec_features:  pick_batches -> validate_and_ingest -> build_features -> feas
 shoprec_training:  enough_new_data -> training_set -> train -> compress -> evaluate -> gate
                    -> release -> deploy -> smoke_test
 
-What one task hands the next crosses Airflow's XCom as a plain dict: the champion steps
-(``training.champion``) take the upstream dicts, work on their typed results
-(``TrainingSet.from_dict`` ...) and return ``to_dict()``; the typed results read here in
-Python (``Ingested``, ``PromotionDecision``, ``Release``) are returned as such, and the DAG
-turns them into dicts. A training run's hyperparameters, compression options and
+What one task hands the next crosses Airflow's XCom as a plain dict: a step takes the
+upstream dicts (``TrainingSet.from_dict`` ...), works on typed results and returns their
+``to_dict()``; the results the DAG reads in Python (``Ingested``, ``PromotionDecision``,
+``Release``) are returned as such, and the DAG turns them into dicts. A training run's hyperparameters, compression options and
 preset come from its DAG params through ``run_settings`` (a validated copy of the settings).
 
 Imports of the heavy stacks (Great Expectations, Feast, torch: seconds of CPU each) sit inside
@@ -20,7 +19,7 @@ the DAG files, and only the task that runs a step needs that step's stack.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -97,14 +96,14 @@ def build_features(settings: Settings) -> dict[str, Any]:
     """The feature tables from the lake."""
     from shoprec.features.tables import build_tables  # heavy (the text model): see the module docstring
 
-    return _as_dict(build_tables(settings))
+    return build_tables(settings).to_dict()
 
 
 def feast_apply(settings: Settings) -> dict[str, Any]:
     """Register the feature views and services in Feast."""
     from shoprec.features.store import apply  # heavy (Feast): see the module docstring
 
-    return _as_dict(apply(settings))
+    return apply(settings).to_dict()
 
 
 def materialize(settings: Settings, ingested: Ingested, end: datetime) -> dict[str, Any]:
@@ -112,7 +111,7 @@ def materialize(settings: Settings, ingested: Ingested, end: datetime) -> dict[s
     batch reaches the online store too."""
     from shoprec.features.store import materialize as materialize_views  # heavy (Feast): see the module docstring
 
-    return _as_dict(materialize_views(settings, end=end, since=ingested.first_event))
+    return materialize_views(settings, end=end, since=ingested.first_event).to_dict()
 
 
 # --- shoprec_training ---------------------------------------------------------------------
@@ -226,18 +225,12 @@ def deploy(settings: Settings, released: Release) -> dict[str, Any]:
     """Hot-swap the running service to the released version; a failure rolls production back."""
     from services import client  # heavy (torch, through training.registry): see the module docstring
 
-    return client.deploy(settings, released.version, url=settings.airflow.service_url or None)
+    return client.deploy(settings, released.version, url=settings.airflow.service_url or None).to_dict()
 
 
 def smoke_test(settings: Settings, released: Release) -> dict[str, Any]:
     """The service serves the released version and answers; a failure rolls production back."""
     from services import client  # heavy (torch, through training.registry): see the module docstring
 
-    return client.verify_deployment(settings, released.version, url=settings.airflow.service_url or None)
+    return client.verify_deployment(settings, released.version, url=settings.airflow.service_url or None).to_dict()
 
-
-def _as_dict(report: Any) -> dict[str, Any]:
-    """A step report as XCom takes it (the feature steps' reports may be dicts or dataclasses)."""
-    if hasattr(report, "to_dict"):
-        return report.to_dict()
-    return asdict(report) if is_dataclass(report) else dict(report)

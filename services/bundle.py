@@ -13,7 +13,6 @@ swap, a failed version keeps the old one) and answers /model and /admin/reload.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -27,11 +26,10 @@ from services.resilience import ModelHolder, Refresh
 from shoprec.config import Settings
 from shoprec.features.tables import table_path
 from shoprec.lake import read_items
-from training.artifact import Recommender, load_recommender
+from training.artifact import ArtifactError, Recommender, check_version_name, load_recommender
 from training.registry import production_version
 
 log = logging.getLogger(__name__)
-VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder of models_dir, never a path
 
 
 def _utc_now() -> str:
@@ -56,10 +54,9 @@ class ServedBundle:
 
 
 def load_bundle(version: str, settings: Settings) -> ServedBundle:
-    """Load a version of ``settings.models_dir`` and precompute catalog alignment and fallbacks."""
-    if not VERSION_NAME.match(version):
-        raise ValueError(f"{version!r} is not a model version name")
-    recommender = load_recommender(version, settings)
+    """Load a version of ``settings.models_dir`` (a name, never a path: ArtifactError) and
+    precompute catalog alignment and fallbacks."""
+    recommender = load_recommender(check_version_name(version), settings)
     items = read_items(settings.lake_dir)
     catalog = Catalog.build(list(recommender.item_ids), items)
     item_stats = read_item_stats(settings)
@@ -96,7 +93,7 @@ class ModelInfo:
     created_at: str | None
     metrics: dict
     protocol: str | None
-    lineage: list | None
+    lineage: dict | None  # a variant's manifest lineage: parent_version, method, parameters
     loaded_at: str | None
     n_items: int
     last_reload_failure: dict | None
@@ -119,8 +116,8 @@ class CurrentModel:
         return served
 
     def reload(self, version: str | None = None) -> Refresh:
-        if version is not None and not (isinstance(version, str) and VERSION_NAME.match(version)):
-            raise RequestError("version must be a model version name (letters, digits, '.', '_', '-')")
+        if version is not None:
+            _check_requested_version(version)
         return self.holder.refresh(version)
 
     def info(self, online_store_error: str | None) -> ModelInfo:
@@ -137,3 +134,10 @@ class CurrentModel:
             last_reload_failure=self.holder.last_failure,
             online_store_error=online_store_error,
         )
+
+
+def _check_requested_version(version: object) -> None:
+    try:
+        check_version_name(version)
+    except ArtifactError as exc:
+        raise RequestError("version must be a model version name (letters, digits, '.', '_', '-')") from exc

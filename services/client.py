@@ -5,7 +5,8 @@ for its pointer watcher); ``smoke_test`` checks it serves that version and answe
 ``deploy`` and ``verify_deployment`` are those steps for a just promoted version: when one
 fails, production goes back, through ``training.registry.rollback``, to the version it
 replaced, so a version the service cannot serve never stays production. The service is
-at ``http://127.0.0.1:<settings.serving.port>`` unless ``url`` is given.
+at ``http://127.0.0.1:<settings.serving.port>`` unless ``url`` is given. The results are
+small dataclasses (``Deployment``, ``SmokeTest``); ``to_dict()`` gives what Airflow's XCom takes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import time
 import urllib.error
 import urllib.request
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from shoprec.config import Settings
 from training.registry import production_version, rollback
@@ -21,6 +24,29 @@ from training.registry import production_version, rollback
 
 class ServiceError(RuntimeError):
     """The service did not do what a deploy step needs."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The service's answer to a reload that left it serving the wanted version."""
+
+    status: str  # "swapped", or "unchanged" when it already served it
+    serving: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SmokeTest:
+    """A passed smoke test: the version the service serves and its answer to a recommendation."""
+
+    model_version: str
+    items: int  # how many items /recommend returned
+    fallback: bool  # whether that answer was a fallback (e.g. the online store unreachable)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def service_url(settings: Settings) -> str:
@@ -41,15 +67,15 @@ def _call(url: str, path: str, body: dict | None = None, token: str = "", timeou
         raise ServiceError(f"the service at {url} is not reachable: {error}") from error
 
 
-def reload_service(settings: Settings, version: str, url: str | None = None) -> dict:
+def reload_service(settings: Settings, version: str, url: str | None = None) -> Deployment:
     """Load ``version`` in the running service; raises ServiceError if it is not serving it afterwards."""
     status, body = _call(url or service_url(settings), "/admin/reload", {"version": version}, settings.api_token)
     if status != 200 or body.get("serving") != version:
         raise ServiceError(f"reload of {version} failed ({status}): {body}")
-    return body
+    return Deployment(status=body["status"], serving=version)
 
 
-def smoke_test(settings: Settings, expect_version: str, url: str | None = None) -> dict:
+def smoke_test(settings: Settings, expect_version: str, url: str | None = None) -> SmokeTest:
     """GET /model names ``expect_version`` and POST /recommend answers with items.
 
     ``/admin/reload`` reaches one worker process; the others swap when their pointer watcher
@@ -71,7 +97,7 @@ def smoke_test(settings: Settings, expect_version: str, url: str | None = None) 
     status, answer = _call(url, "/recommend", {"user_id": "smoke-test", "k": 5})
     if status != 200 or not answer.get("items"):
         raise ServiceError(f"/recommend answered {status}: {answer}")
-    return {"model_version": expect_version, "items": len(answer["items"]), "fallback": answer["fallback"]}
+    return SmokeTest(model_version=expect_version, items=len(answer["items"]), fallback=bool(answer["fallback"]))
 
 
 def _rolled_back(settings: Settings, version: str, error: ServiceError) -> ServiceError:
@@ -88,7 +114,7 @@ def _rolled_back(settings: Settings, version: str, error: ServiceError) -> Servi
     return ServiceError(f"{error}; production cleared (there was no earlier production version)")
 
 
-def deploy(settings: Settings, version: str, url: str | None = None) -> dict:
+def deploy(settings: Settings, version: str, url: str | None = None) -> Deployment:
     """Hot-swap the service to ``version`` (just promoted), rolling production back if it fails."""
     try:
         return reload_service(settings, version, url)
@@ -96,7 +122,7 @@ def deploy(settings: Settings, version: str, url: str | None = None) -> dict:
         raise _rolled_back(settings, version, error) from error
 
 
-def verify_deployment(settings: Settings, version: str, url: str | None = None) -> dict:
+def verify_deployment(settings: Settings, version: str, url: str | None = None) -> SmokeTest:
     """``smoke_test`` of ``version`` (just promoted and deployed), rolling production back if it fails."""
     try:
         return smoke_test(settings, version, url)

@@ -88,28 +88,6 @@ def search_depth(k: int, max_per_category: int) -> int:
     return k if not max_per_category else k * 4 + 16
 
 
-def top_k(
-    scores: np.ndarray,
-    k: int,
-    *,
-    banned: np.ndarray,
-    categories: np.ndarray | None = None,
-    max_per_category: int = 0,
-) -> list[int]:
-    """Indices of the best ``k`` allowed scores, best first, honouring the category cap.
-
-    ``banned`` is a boolean mask (True = never recommend). Items without a category
-    (None) are not capped.
-    """
-    allowed = int((~banned).sum())
-    depth = min(allowed, search_depth(k, max_per_category))
-    while True:
-        picked, _ = walk(best_first(scores, banned, depth), k, categories=categories, max_per_category=max_per_category)
-        if len(picked) == k or depth >= allowed:
-            return picked
-        depth = min(allowed, depth * 4)
-
-
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)

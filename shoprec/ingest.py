@@ -4,7 +4,10 @@ The gate judges the batch as delivered (conformed, before cleaning), so cleaning
 never hide a problem; what reaches the lake is the cleaned batch. A refused batch lands
 in ``<quarantine>/<batch id or time-name>/`` with a copy of the raw input, the validation
 result JSON, a Data Docs site (when Great Expectations ran) and a one-page report.html;
-nothing of it is written to the lake.
+nothing of it is written to the lake. An accepted batch with catalog rows also brings
+their availability and price to the online store at once
+(``shoprec.features.store.push_catalog_state``), so /recommend follows a catalog change
+within seconds; a catalog-only batch (items, no events) is accepted like any other.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from shoprec.adapters import read_batch
 from shoprec.adapters.base import Batch
 from shoprec.cleaning import clean_events
 from shoprec.config import Settings
+from shoprec.features.store import push_catalog_state
 from shoprec.validation import ValidationResult, validate_batch
 
 
@@ -42,6 +46,7 @@ class IngestReport:
     validation: str | None = None  # the recorded validation result JSON
     docs: str | None = None  # Data Docs index.html
     lake_files: list[str] = field(default_factory=list)
+    item_states_pushed: int | None = None  # catalog items written online; None: Feast not set up yet
 
     @property
     def ok(self) -> bool:
@@ -63,6 +68,8 @@ class IngestReport:
         removed = {k: v for k, v in self.cleaning.items() if k not in ("rows_in", "rows_out") and v}
         if removed:
             line += "\ncleaning: " + ", ".join(f"{k}={v:,}" for k, v in removed.items())
+        if self.item_states_pushed is not None:
+            line += f"\nonline item state: {self.item_states_pushed:,} item(s) changed"
         if self.validation:
             line += f"\nvalidation report: {self.validation}"
         return line
@@ -89,7 +96,7 @@ def known_catalog(batch: Batch, settings: Settings) -> set[str] | None:
 def _check(batch: Batch, cleaned_events: pd.DataFrame, settings: Settings, docs_dir: Path | None) -> ValidationResult:
     recent = [r["events"] for r in lake.batch_records(settings.lake_dir)]
     result = validate_batch(batch.events, batch.items, settings, known_catalog(batch, settings), recent, docs_dir)
-    if result.success and len(cleaned_events) == 0:
+    if result.success and len(batch.events) and len(cleaned_events) == 0:
         result.success = False
         result.failures.append("events: cleaning removed every event (all duplicates, bots or outside the k-core)")
     return result
@@ -174,7 +181,8 @@ def _run(path, fmt: str, settings: Settings, write: bool, options: dict) -> Inge
 
 
 def _accept(cleaned: Batch, report: IngestReport, settings: Settings, result: ValidationResult, staging: Path) -> None:
-    """Record the passing validation next to the batch id, then write the batch to the lake."""
+    """Record the passing validation next to the batch id, write the batch to the lake, then
+    push its catalog state online."""
     report.batch_id = cleaned.batch_id
     record_dir = settings.validation_dir / report.batch_id
     if record_dir.exists():
@@ -187,6 +195,8 @@ def _accept(cleaned: Batch, report: IngestReport, settings: Settings, result: Va
     (record_dir / "validation.json").write_text(json.dumps(body, indent=2, default=str))
     report.validation = str(record_dir / "validation.json")
     report.lake_files = lake.write_batch(settings.lake_dir, cleaned)["files"]
+    if len(cleaned.items):
+        report.item_states_pushed = push_catalog_state(settings, cleaned.items)
 
 
 def ingest(path, fmt: str, settings: Settings, **options) -> IngestReport:

@@ -9,6 +9,8 @@ Layout under ``<home>/lake``::
 File names carry the batch's content hash, so writing the same batch twice
 replaces files with identical ones (idempotent). Files are written to a temp name
 and renamed, so a crash never leaves a half-written Parquet file in the lake.
+``drop_user`` (the right to erasure) rewrites the event files of the lake, or of any
+folder laid out like it (the real-time event log), without one user's rows.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shoprec.adapters.base import Batch
@@ -39,6 +42,19 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+
+def _durable_replace(table: pa.Table, path: Path) -> None:
+    """Replace ``path`` by ``table``: a temp name of its own (two erasures never share one),
+    flushed to disk before the rename, so a crash leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_batch(lake: Path, batch: Batch) -> dict:
@@ -135,3 +151,22 @@ def batch_records(lake: Path) -> list[dict]:
     """Manifests of every batch in the lake, oldest first."""
     paths = sorted((Path(lake) / "batches").glob("*.json"), key=lambda p: p.stat().st_mtime)
     return [json.loads(p.read_text()) for p in paths]
+
+
+def drop_user(files_dir: Path, user_id: str) -> int:
+    """Delete ``user_id``'s events from every event file under ``files_dir`` (the lake, or the
+    event log laid out like it); a file left empty goes. Returns how many rows went."""
+    removed = 0
+    for path in event_files(Path(files_dir)):
+        table = pq.read_table(path)
+        is_user = pc.fill_null(pc.equal(table["user_id"], user_id), False)
+        hits = pc.sum(is_user).as_py() or 0
+        if not hits:
+            continue
+        kept = table.filter(pc.invert(is_user))
+        if kept.num_rows == 0:
+            path.unlink()
+        else:
+            _durable_replace(kept, path)
+        removed += hits
+    return removed

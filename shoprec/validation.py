@@ -391,17 +391,20 @@ def validate_batch(
     """Run the events (and, if any, catalog) suites; Data Docs go to ``docs_dir`` when given.
 
     ``known_items`` is the catalog the events are checked against (None: no catalog known).
+    A catalog update (items, no events) is judged by the catalog suite alone.
     """
     import great_expectations as gx  # see event_suite_expectations
 
     context = _gx_context()
     source = context.data_sources.add_pandas("shoprec")
-    frames = {"events": events}
-    with_catalog = known_items is not None
-    if with_catalog:
-        in_catalog = events["item_id"].isin(known_items).astype("boolean").mask(events["item_id"].isna())
-        frames["events"] = events.assign(**{IN_CATALOG_COLUMN: in_catalog})
-    suites = {"events": event_suite_expectations(settings, recent_sizes, with_catalog)}
+    frames, suites = {}, {}
+    if len(events) or not len(items):
+        with_catalog = known_items is not None
+        frames["events"] = events
+        if with_catalog:
+            in_catalog = events["item_id"].isin(known_items).astype("boolean").mask(events["item_id"].isna())
+            frames["events"] = events.assign(**{IN_CATALOG_COLUMN: in_catalog})
+        suites["events"] = event_suite_expectations(settings, recent_sizes, with_catalog)
     if len(items):
         frames["items"] = items
         suites["items"] = item_suite_expectations(settings)

@@ -3,7 +3,7 @@
 A shop home (synthetic events + catalog in the lake), feature tables in Feast with a
 Redis online store on a private port, a quick model promoted to production, and
 ``bentoml serve services.service:ShopRecService`` on a free port, started the one way
-ShopRec starts it (``entrypoints.serving.start_service``).
+ShopRec starts it (``entrypoints.serving.start_service``) with the shop's own settings.
 """
 
 from __future__ import annotations
@@ -81,10 +81,9 @@ def env_for(home: Path, redis_port: int, **extra: str) -> dict[str, str]:
     return child_env(settings, BENTOML_HOME=str(settings.bentoml_home), **extra)
 
 
-def prepare_shop(n_events: int = 4000, seed: int = 0, epochs: int = 3, settings: Settings | None = None) -> dict:
-    """Synthetic shop -> lake -> features -> quick model -> production, in ``settings``
-    (default: those of this process, e.g. after putting ``env_for`` into its environment)."""
-    settings = (settings or load_settings()).with_overrides(training={"preset": "quick", "overrides": {"max_epochs": epochs}})
+def prepare_shop(settings: Settings, n_events: int = 4000, seed: int = 0, epochs: int = 3) -> dict:
+    """Synthetic shop -> lake -> features -> quick model -> production, in ``settings`` (``shop_settings``)."""
+    settings = settings.with_overrides(training={"preset": "quick", "overrides": {"max_epochs": epochs}})
     batch = generate(n_events, seed=seed)
     write_batch(settings.lake_dir, batch)
     build_tables(settings)
@@ -97,21 +96,18 @@ def prepare_shop(n_events: int = 4000, seed: int = 0, epochs: int = 3, settings:
 
 
 class Server:
-    """``bentoml serve`` (``entrypoints.serving``) in its own process group, with the environment
-    ``env`` (e.g. ``env_for(...)``), stopped with the whole group."""
+    """``bentoml serve`` (``entrypoints.serving``) with exactly ``settings`` (e.g. ``shop_settings(...)``,
+    or a copy with other serving options), in its own process group, stopped with the whole group."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None, log_path: Path | None = None):
+    def __init__(self, settings: Settings, port: int | None = None, log_path: Path | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = env
+        self.settings = settings
         self.log_path = log_path
         self.service: RunningService | None = None
 
     def start(self, timeout: float = 120) -> "Server":
-        # each worker loads the model on its own: start_service waits for a run of ready answers long enough for all
-        workers = int(self.env.get("SHOPREC_SERVING__WORKERS", "1"))
-        self.service = start_service(load_settings(), port=self.port, log_path=self.log_path, extra_env=self.env,
-                                     workers=workers, timeout_seconds=timeout)
+        self.service = start_service(self.settings, port=self.port, log_path=self.log_path, timeout_seconds=timeout)
         return self
 
     def stop(self) -> None:

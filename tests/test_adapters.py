@@ -108,6 +108,13 @@ def test_truncated_parquet_is_refused(tmp_path):
         read_batch("events", truncated)
 
 
-def test_folder_without_events_file_is_refused(tmp_path):
-    with pytest.raises(InputError, match="holds no events.parquet or events.csv"):
+def test_folder_without_events_or_catalog_is_refused(tmp_path):
+    with pytest.raises(InputError, match=r"holds no events.parquet\|csv and no items.parquet\|csv"):
         read_batch("events", tmp_path)
+
+
+def test_folder_with_only_a_catalog_is_a_catalog_update(tmp_path):
+    (tmp_path / "items.csv").write_text("item_id,title,available,price\ni1,Soap,false,2.5\n")
+    batch = read_batch("events", tmp_path)
+    assert len(batch.events) == 0 and list(batch.items["item_id"]) == ["i1"]
+    assert not batch.items["available"].iloc[0]

@@ -167,6 +167,19 @@ def test_auto_warm_starts_from_the_trained_root_of_a_variant_in_production(setti
     assert set(result.challenger) == set(result.champion) and "NDCG@10" in result.challenger
 
 
+def test_auto_warm_starts_from_the_parent_of_a_production_variant_written_before_format_2(settings, shop):
+    """After an upgrade, production is often a variant in the old layout (variant.json, a manifest
+    without format_version): it no longer loads, but it still names the trained version to continue."""
+    root, variant = variant_in_production(settings, data_end=DAY0 + pd.Timedelta(days=8))
+    folder = settings.models_dir / variant
+    manifest = json.loads((folder / "metadata.json").read_text())
+    old = {key: value for key, value in manifest.items() if key not in ("format_version", "sha256", "manifest_sha256")}
+    (folder / "metadata.json").write_text(json.dumps(old))
+    (folder / "variant.json").write_text(json.dumps({"format": "shoprec-compressed/1", "lineage": old["lineage"]}))
+    challenger = train_challenger(settings, shop, mode="auto")
+    assert (challenger.mode, challenger.champion, challenger.base_version) == ("warm", variant, root)
+
+
 def test_auto_trains_from_scratch_when_no_event_is_after_the_champions_data(settings, shop):
     root, variant = variant_in_production(settings, data_end=DAY0 + pd.Timedelta(days=25))
     challenger = train_challenger(settings, shop, mode="auto")

@@ -165,8 +165,8 @@ def test_the_baseline_is_the_folded_model_and_it_serves_when_nothing_passes(trai
     assert abs(rows["fp32"].ndcg_at_10 - rows[BASELINE].ndcg_at_10) < 1e-3  # folding is exact
     assert compressed.served_version != PARENT
     assert {v.name for v in compressed.gate.verdicts} == set(ALL_METHODS) - {BASELINE}
-    if compressed.gate.picked is None:
-        assert compressed.served_version == compressed.baseline_version
+    assert compressed.gate.served == (compressed.gate.picked or BASELINE)  # the baseline serves when none passed
+    assert compressed.served_version == rows[compressed.gate.served].version
     strict = settings.with_overrides(compression={"min_speedup": 1e6}).compression
     decision = choose_served(rows[BASELINE], [rows[m] for m in ALL_METHODS[1:]], strict)
     assert decision.picked is None and decision.served == BASELINE
@@ -227,10 +227,15 @@ def test_a_variant_is_not_compressed_again(trained, compressed, settings):
         compress_recommender(load_recommender(f"{PARENT}-folded", settings), split, settings, "synthetic")
 
 
-def test_the_default_parent_is_the_trained_version_behind_production(compressed, settings):
-    assert default_parent(settings) == PARENT  # nothing in production: the newest trained version
-    promote(f"{PARENT}-onnx_int8", settings)
-    assert default_parent(settings) == PARENT
+def test_the_default_parent_is_the_trained_version_behind_production(trained, compressed, settings, tmp_path):
+    own = load_settings(home=tmp_path / "home")  # promoting here must not change the module's home
+    for version in (PARENT, f"{PARENT}-onnx_int8"):
+        shutil.copytree(settings.models_dir / version, own.models_dir / version)
+    parent, _ = trained
+    save_artifact(parent.torch_model, parent.item_ids, own.models_dir, {"data_source": "synthetic"}, version="tiny-v2")
+    assert default_parent(own) == "tiny-v2"  # nothing in production: the newest trained version
+    promote(f"{PARENT}-onnx_int8", own)
+    assert default_parent(own) == PARENT
 
 
 def test_full_run_writes_report(compressed):
@@ -242,4 +247,3 @@ def test_full_run_writes_report(compressed):
     saved = json.loads(open(compressed.report["json"]).read())
     assert saved["gate"]["picked"] == compressed.gate.picked
     assert saved["context"]["served_version"] == compressed.served_version
-    assert CompressionResult.from_dict(json.loads(json.dumps(compressed.to_dict()))) == compressed

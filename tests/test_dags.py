@@ -8,11 +8,11 @@ when they run, so each test's own SHOPREC_HOME (the ``home`` fixture) isolates i
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 import textwrap
 import urllib.request
-import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -36,8 +36,9 @@ from training.registry import production_version, promotion_history
 # Airflow runs inside this test process (dag.test()) and reads its configuration from this
 # process's environment once, at import; the SHOPREC_* variables stay out, so each task's
 # settings still follow the test's own SHOPREC_HOME.
-load_settings().airflow_home.mkdir(parents=True, exist_ok=True)
-os.environ.update(airflow_variables(load_settings()))
+_SESSION_SETTINGS = load_settings()
+_SESSION_SETTINGS.airflow_home.mkdir(parents=True, exist_ok=True)
+os.environ.update(airflow_variables(_SESSION_SETTINGS))
 import great_expectations  # noqa: E402,F401  before Airflow, or its logging makes GX chatty
 from airflow.dag_processing.bundles.manager import DagBundlesManager  # noqa: E402  after the Airflow variables are set
 from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db  # noqa: E402

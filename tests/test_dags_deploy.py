@@ -8,6 +8,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -37,6 +38,15 @@ def test_airflow_env_follows_the_settings(home):
     assert env["SHOPREC_HOME"] == str(home) and env["BENTOML_HOME"] == str(home / "bentoml")
     # the child loads exactly these settings
     assert json.loads(env["SHOPREC_AIRFLOW"])["port"] == 8099
+
+
+def test_an_airflow_child_loads_the_settings_it_is_given_not_inherited_variables(home, monkeypatch):
+    monkeypatch.setenv("SHOPREC_AIRFLOW__PORT", "1111")  # nested: it would win over the SHOPREC_AIRFLOW section
+    settings = load_settings(airflow={"port": 8099})
+    child = subprocess.run([sys.executable, "-c", "from shoprec.config import load_settings; print(load_settings().airflow.port)"],
+                           env=airflow_env(settings), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "8099"
 
 
 def test_in_process_airflow_gets_only_the_airflow_variables(home):

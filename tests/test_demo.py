@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from entrypoints.cli import cli
-from entrypoints.commands.demo import DEMO_COMPRESSION, demo_settings
+from entrypoints.commands.demo import DEMO_COMPRESSION_OVERRIDES, demo_settings
 from shoprec.config import child_env, load_settings
 
 
@@ -46,12 +46,12 @@ def test_the_demo_configures_itself_through_settings_not_the_environment(home):
     assert settings.training.preset == "quick" and settings.hyperparameters.max_epochs == 4
     assert settings.training.num_threads == 1 and settings.airflow.retries == 0
     assert settings.api_token  # the deploy task's /admin calls need one
-    assert all(getattr(settings.compression, key) == value for key, value in DEMO_COMPRESSION.items())
+    assert all(getattr(settings.compression, key) == value for key, value in DEMO_COMPRESSION_OVERRIDES.items())
     # a child process (Airflow, bentoml serve) loads exactly these settings
     child = child_env(settings)
     assert child["SHOPREC_HOME"] == str(home)
     assert json.loads(child["SHOPREC_TRAINING"])["overrides"]["max_epochs"] == 4
-    assert json.loads(child["SHOPREC_COMPRESSION"])["rounds_b1"] == DEMO_COMPRESSION["rounds_b1"]
+    assert json.loads(child["SHOPREC_COMPRESSION"])["rounds_b1"] == DEMO_COMPRESSION_OVERRIDES["rounds_b1"]
 
 
 def test_a_configured_token_and_thread_count_are_kept(home):

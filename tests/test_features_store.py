@@ -30,6 +30,8 @@ REDIS_DB = 7
 REDIS = f"127.0.0.1:6379,db={REDIS_DB}"
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/shoprec_test_features"
 SEQ_LEN = 4
+ITEM_REFS = [f"item_stats:{c}" for c in ("price", "available", "popularity_1d", "popularity_7d", "popularity_30d")]
+NO_EVENTS = pd.DataFrame(columns=["user_id", "item_id", "event_type", "timestamp"])
 
 
 def synthetic_shop() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -108,7 +110,11 @@ def as_list(value) -> list:
 
 
 def online_snapshot(online: OnlineFeatures, users: list[str], items: list[str]) -> tuple[dict, dict]:
-    return online.user_sequences(users), online.item_features(items)
+    return online.user_sequences(users), item_features(online, items)
+
+
+def item_features(online: OnlineFeatures, item_ids: list[str]) -> dict[str, dict]:
+    return online.features(ITEM_REFS, "item_id", item_ids)
 
 
 def test_apply_registers_the_repo_and_drops_what_it_no_longer_defines(shop):
@@ -121,9 +127,10 @@ def test_apply_registers_the_repo_and_drops_what_it_no_longer_defines(shop):
                            source=fs.get_feature_view("user_recent_items").batch_source)
     fs.apply([old_view, FeatureService(name="recommender_v1", features=[old_view])])
     report = feast_store.apply(settings)
-    assert report["deleted"] == ["recommender_v1", "user_stats"]
-    assert report["feature_views"] == sorted(tables.TABLES) and report["feature_services"] == []
-    assert feast_store.apply(settings)["deleted"] == []
+    assert report.deleted == ["recommender_v1", "user_stats"]
+    assert report.feature_views == sorted(tables.TABLES) and report.feature_services == []
+    assert report.to_dict()["deleted"] == report.deleted  # the step's XCom keeps the report's keys
+    assert feast_store.apply(settings).deleted == []
 
 
 def test_online_read_equals_offline_value(shop, online):
@@ -144,13 +151,13 @@ def test_online_read_equals_offline_value(shop, online):
         pd.DataFrame({"item_id": item_ids, "event_timestamp": as_of}), settings,
         ["item_stats:popularity_30d", "item_stats:price"],
     ).set_index("item_id")
-    online_items = online.item_features(item_ids)
+    online_items = item_features(online, item_ids)
     assert {i: online_items[i]["popularity_30d"] for i in item_ids} == offline_items["popularity_30d"].to_dict()
     assert {i: online_items[i]["price"] for i in item_ids} == offline_items["price"].to_dict()
 
 
 def test_item_features_online(online):
-    feats = online.item_features(["i0", "i2", "i7", "nope"])
+    feats = item_features(online, ["i0", "i2", "i7", "nope"])
     assert feats["i0"]["price"] == 0.5 and feats["i0"]["available"] is True
     assert feats["i2"]["available"] is False
     assert feats["i7"]["popularity_30d"] == 0  # in the catalog, never interacted with
@@ -164,7 +171,7 @@ def _catalog_change(settings, items: pd.DataFrame, **changes) -> None:
     changed = items.copy()
     for item, (column, value) in changes.items():
         changed.loc[changed["item_id"] == item, column] = value
-    lake.write_batch(settings.lake_dir, Batch.from_frames(pd.DataFrame(columns=["user_id", "item_id", "event_type", "timestamp"]), changed))
+    lake.write_batch(settings.lake_dir, Batch.from_frames(NO_EVENTS, changed))
     tables.build_tables(settings)
 
 
@@ -176,17 +183,49 @@ def test_a_catalog_change_reaches_the_online_store_at_the_next_materialization(s
     try:
         _catalog_change(settings, items, i0=("available", False), i3=("price", 99.0))
         report = feast_store.materialize(settings, end=end)
-        assert report["item_state_pushed"] == 2
+        assert report.item_state_pushed == 2
         assert online.item_states(["i0", "i3", "i1"]) == {
             "i0": ItemState(False, 0.5), "i3": ItemState(True, 99.0), "i1": ItemState(True, 1.5)}
-        assert feast_store.materialize(settings, end=end)["item_state_pushed"] == 0  # a re-run writes nothing
+        assert feast_store.materialize(settings, end=end).item_state_pushed == 0  # a re-run writes nothing
         _catalog_change(settings, items, i0=("available", True))  # back in stock
-        assert feast_store.materialize(settings, end=end)["item_state_pushed"] == 2
+        assert feast_store.materialize(settings, end=end).item_state_pushed == 2
         assert online.item_states(["i0", "i3"]) == {"i0": ItemState(True, 0.5), "i3": ItemState(True, 3.5)}
     finally:
-        lake.write_batch(settings.lake_dir, Batch.from_frames(pd.DataFrame(columns=["user_id", "item_id", "event_type", "timestamp"]), items))
+        lake.write_batch(settings.lake_dir, Batch.from_frames(NO_EVENTS, items))
         tables.build_tables(settings)
         feast_store.materialize(settings, end=end)
+
+
+def test_an_ingested_catalog_state_is_online_at_once_and_materialize_keeps_it(shop, online):
+    """The ingest fast path: the batch's state online without a build or a materialization;
+    the next build and materialize find it already there and leave it."""
+    settings, _, items = shop
+    end = pd.Timestamp("2024-04-01", tz="UTC")
+    changed = items.copy()
+    changed.loc[changed["item_id"] == "i1", "available"] = False
+    changed.loc[changed["item_id"] == "i4", "price"] = 42.0
+    new_item = pd.DataFrame({"item_id": ["i-new"], "title": ["new"], "category": ["hair"], "price": [7.0], "available": [True]})
+    try:
+        lake.write_batch(settings.lake_dir, Batch.from_frames(NO_EVENTS, changed))
+        assert feast_store.push_catalog_state(settings, pd.concat([changed, new_item], ignore_index=True)) == 3
+        expected = {"i1": ItemState(False, 1.5), "i4": ItemState(True, 42.0), "i-new": ItemState(True, 7.0),
+                    "i0": ItemState(True, 0.5)}
+        assert online.item_states(list(expected)) == expected
+        assert feast_store.push_catalog_state(settings, changed) == 0  # the same state again: nothing written
+        lake.write_batch(settings.lake_dir, Batch.from_frames(NO_EVENTS, new_item))
+        tables.build_tables(settings)
+        assert feast_store.materialize(settings, start=pd.Timestamp("2024-03-01", tz="UTC"), end=end).item_state_pushed == 0
+        assert online.item_states(list(expected)) == expected  # a full re-materialization does not roll it back
+    finally:
+        lake.write_batch(settings.lake_dir, Batch.from_frames(NO_EVENTS, items))
+        tables.build_tables(settings)
+        feast_store.materialize(settings, end=end)
+
+
+def test_no_catalog_push_before_the_feature_store_is_set_up(tmp_path):
+    settings = backend_settings("sqlite", tmp_path)
+    _, items = synthetic_shop()
+    assert feast_store.push_catalog_state(settings, items) is None  # the next build + materialize bring it online
 
 
 def test_materialize_twice_gives_the_same_state(shop, online):
@@ -198,7 +237,8 @@ def test_materialize_twice_gives_the_same_state(shop, online):
     feast_store.materialize(settings, **window)
     assert online_snapshot(online, users, items) == before
     again = feast_store.materialize(settings, end=window["end"])  # incremental: nothing new
-    assert all(v["chunks"] == 0 for v in again["views"].values())
+    assert all(v.chunks == 0 for v in again.views.values())
+    assert again.to_dict()["views"]["item_stats"]["chunks"] == 0
 
 
 def test_leakage_features_at_t_never_include_later_events(shop):
@@ -298,7 +338,7 @@ def test_unknown_features_and_absurd_ids_give_clear_errors(online):
     with pytest.raises(InvalidFeatureRequest, match="invalid id"):
         online.recent_items(["u1", "y" * 1000])
     with pytest.raises(InvalidFeatureRequest, match="invalid id"):
-        online.item_features([""])
+        online.item_states([""])
     assert online.recent_items(["never-seen"]) == {"never-seen": []}
 
 

@@ -190,3 +190,22 @@ def test_cli_generate_then_ingest(settings, tmp_path):
     ingested = runner.invoke(cli, ["ingest", "-f", "events", str(out), "--json"])
     assert ingested.exit_code == 0, ingested.output
     assert json.loads(ingested.output)["status"] == "accepted"
+
+
+def test_cli_ingests_a_catalog_only_batch(settings, tmp_path):
+    """A shop's catalog update alone (items.csv, no events) passes the gate into the lake."""
+    runner = CliRunner()
+    assert runner.invoke(cli, ["ingest", "-f", "events", str(SHOP)]).exit_code == 0
+    update = tmp_path / "catalog-update"
+    update.mkdir()
+    items = pd.read_csv(SHOP / "items.csv", dtype=str)
+    items.loc[0, "available"] = "False"
+    items.to_csv(update / "items.csv", index=False)
+    result = runner.invoke(cli, ["ingest", "--format", "events", str(update), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["status"] == "accepted" and report["counts"]["events"] == 0
+    assert report["item_states_pushed"] is None  # no feature store set up in this home
+    catalog = lake.read_items(settings.lake_dir).set_index("item_id")
+    assert not catalog.loc[items.loc[0, "item_id"], "available"]
+    assert len(lake.read_events(settings.lake_dir)) == 48

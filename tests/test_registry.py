@@ -174,3 +174,31 @@ def test_lineage_with_a_missing_parent_is_an_error(settings, tmp_path):
     (settings.models_dir / "a-v1").rename(tmp_path / "moved-away")
     with pytest.raises(ArtifactError, match="no model version 'a-v1'"):
         trained_root(folded, settings)
+
+
+def save_pre_format_2_variant(settings, parent_version: str, version: str) -> str:
+    """A variant as ShopRec wrote them before manifest format 2: its spec in variant.json and a
+    metadata.json (the parent's, plus the lineage) without format_version or checksums."""
+    folder = settings.models_dir / version
+    folder.mkdir(parents=True)
+    lineage = {"parent_version": parent_version, "method": "embedding_fp16", "parameters": {}}
+    (folder / "variant.json").write_text(json.dumps({"format": "shoprec-compressed/1", "kind": "torch",
+                                                     "runtime": "plain", "lineage": lineage}))
+    (folder / "weights.safetensors").write_bytes(b"\0" * 16)
+    (folder / "items.json").write_text(json.dumps([f"i{i}" for i in range(N_ITEMS)]))
+    (folder / "metadata.json").write_text(json.dumps({"protocol": "full", "data_end": "2026-01-31 00:00:00+00:00",
+                                                      "version": version, "lineage": lineage}))
+    return version
+
+
+def test_a_variant_from_before_format_2_is_refused_but_its_lineage_is_followed(settings):
+    save_trained(settings, "a-v1")
+    old = save_pre_format_2_variant(settings, "a-v1", "a-v1-embedding_fp16")
+    with pytest.raises(ArtifactError, match="before manifest format 2; re-create it: "
+                                            "shoprec compress --version a-v1 --promote"):
+        load_recommender(old, settings)
+    assert lineage(old, settings) == [old, "a-v1"] and trained_root(old, settings) == "a-v1"
+    settings.models_dir.joinpath(POINTER).write_text(old + "\n")  # production from before the upgrade
+    assert trained_root(production_version(settings), settings) == "a-v1"  # what mode=auto warm-starts from
+    with pytest.raises(ArtifactError, match="re-create it"):
+        promote(old, settings)

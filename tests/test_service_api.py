@@ -20,7 +20,7 @@ from shoprec.features.store import materialize
 from shoprec.features.tables import build_tables, event_log_dir
 from shoprec.ingest import ingest
 from shoprec.lake import read_events
-from tests.service_harness import TOKEN, RedisServer, Server, call, env_for, prepare_shop, shop_settings
+from tests.service_harness import TOKEN, RedisServer, Server, call, prepare_shop, shop_settings
 from training.artifact import ArtifactError
 from training.registry import POINTER, promote
 
@@ -32,10 +32,9 @@ def shop(tmp_path_factory):
     home = tmp_path_factory.mktemp("service-home")
     redis = RedisServer(home / "redis").start()
     settings = shop_settings(home, redis.port)
-    info = prepare_shop(settings=settings)
-    env = env_for(home, redis.port)
-    server = Server(env, log_path=home / "serve.log").start()
-    yield {"home": home, "redis": redis, "server": server, "env": env, "settings": settings, **info}
+    info = prepare_shop(settings)
+    server = Server(settings, log_path=home / "serve.log").start()
+    yield {"home": home, "redis": redis, "server": server, "settings": settings, **info}
     server.stop()
     redis.kill()
 
@@ -249,7 +248,9 @@ def test_forget_user_removes_online_and_offline_data(shop, server):
 
 
 def _catalog_batch(shop, folder, unavailable: str, skip_users: set[str]):
-    """The shop's next export: 500 later events of other users, and the catalog with one item out of stock."""
+    """The shop's next export: 500 later events of other users, and the catalog with one item out of stock.
+
+    (A catalog-only export, items and no events, is the lighter case of the same path.)"""
     events = shop["events"][~shop["events"]["user_id"].isin(skip_users)].tail(500)
     events = events.assign(timestamp=events["timestamp"] + pd.Timedelta(seconds=1))
     items = shop["items"].copy()
@@ -260,9 +261,21 @@ def _catalog_batch(shop, folder, unavailable: str, skip_users: set[str]):
     return folder
 
 
+def _answer_without(server, user: str, item: str, seconds: float = 5) -> dict:
+    """The first /recommend answer without ``item``, or the last one tried within ``seconds``
+    (a worker reuses an item's state for up to a second)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        answer = call(server, "POST", "/recommend", {"user_id": user, "k": 5})[1]
+        if item not in {i["item_id"] for i in answer["items"]} or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.2)
+
+
 def test_an_item_out_of_stock_leaves_the_next_answer_without_a_model_swap(shop, server, tmp_path):
-    """The catalog marks an item unavailable; the features pipeline's own steps (ingest, build,
-    materialize) bring it online, and the running service drops it: same model, no reload."""
+    """The catalog marks an item unavailable; ingesting the batch alone (no build, no
+    materialization) brings it online, and the running service drops it within seconds:
+    same model, no reload. The features run that follows keeps it that way."""
     user = known_user(shop)
     before = call(server, "POST", "/recommend", {"user_id": user, "k": 5})[1]
     loaded = call(server, "GET", "/model")[1]
@@ -271,14 +284,8 @@ def test_an_item_out_of_stock_leaves_the_next_answer_without_a_model_swap(shop, 
     top_user = str(shop["events"]["user_id"].value_counts().index[0])
     report = ingest(_catalog_batch(shop, tmp_path / "export", gone, {user, top_user}), "events", settings)
     assert report.status == "accepted", report.failures
-    build_tables(settings)
-    materialize(settings)
-    deadline = time.monotonic() + 5  # within seconds: a worker reuses an item's state for up to a second
-    while True:
-        after = call(server, "POST", "/recommend", {"user_id": user, "k": 5})[1]
-        if gone not in {i["item_id"] for i in after["items"]} or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    assert report.item_states_pushed == 1  # only the item whose state changed
+    after = _answer_without(server, user, gone)
     assert after["model_version"] == before["model_version"] == shop["version"]
     assert call(server, "GET", "/model")[1]["loaded_at"] == loaded["loaded_at"]  # no swap, no reload
     ids = [i["item_id"] for i in after["items"]]
@@ -286,12 +293,16 @@ def test_an_item_out_of_stock_leaves_the_next_answer_without_a_model_swap(shop, 
     assert ids[:4] == [i["item_id"] for i in before["items"][1:]]  # the rest in order, the next one fills in
     _, similar = call(server, "POST", "/similar_items", {"item_id": ids[0], "k": 50})
     assert gone not in {i["item_id"] for i in similar["items"]}
+    build_tables(settings)  # the hourly features run: nothing to change, nothing rolled back
+    assert materialize(settings).item_state_pushed == 0
+    time.sleep(1.1)  # past the state reuse: the answer reads the store again
+    assert [i["item_id"] for i in call(server, "POST", "/recommend", {"user_id": user, "k": 5})[1]["items"]] == ids
 
 
 def test_deploy_steps_reload_and_smoke_test(shop, server):
     settings = settings_of(shop).model_copy(update={"api_token": TOKEN})
-    assert reload_service(settings, shop["version"], url=server.url)["status"] == "unchanged"
-    assert smoke_test(settings, shop["version"], url=server.url)["items"] == 5
+    assert reload_service(settings, shop["version"], url=server.url).status == "unchanged"
+    assert smoke_test(settings, shop["version"], url=server.url).items == 5
     with pytest.raises(ServiceError, match="not other-version"):
         smoke_test(settings, "other-version", url=server.url)
     with pytest.raises(ServiceError, match="reload of v-missing failed"):

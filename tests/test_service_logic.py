@@ -1,6 +1,7 @@
 """Unit tests of the service's pure logic (no server, no model): limits, rules, reasons,
 fallback rankings, picking only available items, model swapping, the store guard, adaptive
-batching, request guards, erasure in the lake."""
+batching, request guards, erasure in the lake. ``top_k`` here is the oracle
+the picking is checked against."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import json
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -16,15 +18,14 @@ import pytest
 from services.availability import Candidates, ItemStates, pick_available
 from services.batching import AsyncBatcher
 from services.catalog import Catalog, CatalogState, Popularity
-from services.erasure import erase_from_lake
 from services.guards import Limits, RequestError, RequestGuard, authorized
-from services.ranking import TRENDING, excluded_items, explain, top_k, unit_rows
+from services.ranking import TRENDING, excluded_items, explain, unit_rows
 from services.resilience import ModelHolder, StoreGuard
 from shoprec.adapters.base import Batch
 from shoprec.config import Settings
 from shoprec.features.online import ItemState
 from shoprec.features.tables import item_stats
-from shoprec.lake import read_events, write_batch
+from shoprec.lake import drop_user, read_events, write_batch
 
 LIMITS = Limits(max_k=50, max_history=5, max_events=3, max_id_length=10, max_body_bytes=100)
 
@@ -82,7 +83,23 @@ def test_excluded_items(exclude, exclude_seen, expected):
     assert excluded_items(HISTORY, exclude, exclude_seen) == expected
 
 
-def test_top_k_orders_best_first_and_skips_banned():
+def top_k(scores: np.ndarray, k: int, *, banned: np.ndarray, categories: np.ndarray | None = None,
+          max_per_category: int = 0) -> list[int]:
+    """The oracle: the whole ranking sorted (best first, equal scores by index), walked greedily."""
+    picked: list[int] = []
+    per_category: Counter = Counter()
+    for idx in np.lexsort((np.arange(len(scores)), -scores)).tolist():
+        category = categories[idx] if categories is not None else None
+        if banned[idx] or (max_per_category and category is not None and per_category[category] >= max_per_category):
+            continue
+        per_category[category] += 1
+        picked.append(idx)
+        if len(picked) == k:
+            break
+    return picked
+
+
+def test_the_top_k_oracle_orders_best_first_and_skips_banned():
     scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
     banned = np.array([False, True, False, False, False])
     assert top_k(scores, 3, banned=banned) == [3, 2, 4]
@@ -90,11 +107,12 @@ def test_top_k_orders_best_first_and_skips_banned():
     assert top_k(scores, 3, banned=np.ones(5, bool)) == []
 
 
-def test_top_k_category_cap_reaches_deep_candidates():
+def test_a_category_cap_reaches_deep_candidates():
     n = 200
     scores = np.linspace(1, 0, n)
     categories = np.array(["big"] * (n - 2) + ["x", "y"], dtype=object)
-    picked = top_k(scores, 3, banned=np.zeros(n, bool), categories=categories, max_per_category=1)
+    problem = Candidates([f"x{j}" for j in range(n)], scores, 3, np.zeros(n, bool), categories, max_per_category=1)
+    (picked,), _ = pick_available([problem], lambda item_ids: {})  # no state known: every item available
     assert picked == [0, n - 2, n - 1]
 
 
@@ -414,6 +432,6 @@ def test_erasure_removes_only_that_users_events(tmp_path):
     )
     write_batch(tmp_path, Batch.from_frames(events))
 
-    assert erase_from_lake(tmp_path, "u1") == 2
+    assert drop_user(tmp_path, "u1") == 2
     assert sorted(read_events(tmp_path)["user_id"]) == ["u2", "u3"]
-    assert erase_from_lake(tmp_path, "u1") == 0
+    assert drop_user(tmp_path, "u1") == 0

@@ -16,7 +16,7 @@ from training.compression.variant import TorchVariant, save_variant
 from training.data import ItemVocab, leave_one_out, user_sequences
 from training.evaluate import evaluate_all, model_scorer
 from training.models import new_model
-from training.pipeline import checkpoint_dir, train_version, warm_start
+from training.pipeline import checkpoint_dir, evaluate_version, train_version, warm_start
 from training.trainer import Trainer, length_bucketed_batches
 
 N_RING = 12
@@ -154,6 +154,16 @@ def test_warm_start_refuses_a_compressed_variant_and_names_its_trained_root(modu
     variant = save_variant(folded, base, module_settings.models_dir)
     with pytest.raises(ValueError, match=f"compressed variant.*{version}"):
         warm_start(module_settings, variant, events=events, items=items, progress=False)
+
+
+def test_evaluating_a_version_without_its_training_metadata_says_what_is_missing(module_settings, trained, tmp_path):
+    """A version saved by hand (not by train_version) cannot have its protocol re-run."""
+    version, _, _ = trained
+    rec = load_recommender(version, module_settings)
+    metadata = {key: value for key, value in rec.metadata.items() if key != "data_fingerprint"}
+    path = save_artifact(rec.torch_model, rec.item_ids, tmp_path, metadata, version="hand-made")
+    with pytest.raises(ValueError, match="hand-made lacks data_fingerprint"):
+        evaluate_version(module_settings, str(path))
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):

@@ -2,7 +2,7 @@
 
 Sequences come from ``shoprec.features.sequence.recent_items`` (the one definition
 of a user's sequence), so training sees exactly what serving will see. Item index
-0 is padding; the vocabulary maps item_id strings to 1..n.
+0 is padding; the vocabulary (``training.vocab``) maps item_id strings to 1..n.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from shoprec.config import SHARED_DATA_DIR
 from shoprec.features.sequence import recent_items
 from shoprec.features.store import training_set
 from shoprec.schema import conform_events
-
-PAD = 0
+from training.vocab import PAD, ItemVocab, pad_left  # noqa: F401  (pad_left: callers import it from here)
 
 
 def load_events(source: str, settings) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -69,35 +68,6 @@ def fingerprint(events: pd.DataFrame) -> str:
     """Content hash of the training events (user, item, time), independent of row order."""
     cols = events[["user_id", "item_id", "timestamp"]].sort_values(["user_id", "timestamp", "item_id"], kind="stable")
     return hashlib.sha256(pd.util.hash_pandas_object(cols, index=False).values.tobytes()).hexdigest()[:16]
-
-
-class ItemVocab:
-    """item_id string <-> index; index 0 is padding, items are 1..n in insertion order."""
-
-    def __init__(self, item_ids: list[str]):
-        if len(set(item_ids)) != len(item_ids):
-            raise ValueError("item vocabulary has duplicate ids")
-        self.item_ids = [str(i) for i in item_ids]
-        self.index = {item: i + 1 for i, item in enumerate(self.item_ids)}
-
-    def __len__(self) -> int:
-        return len(self.item_ids) + 1  # with padding
-
-    @classmethod
-    def from_events(cls, events: pd.DataFrame, items: pd.DataFrame | None = None) -> "ItemVocab":
-        """Catalog items first (in catalog order), then items only seen in events."""
-        ids = list(dict.fromkeys(items["item_id"].astype(str))) if items is not None and len(items) else []
-        known = set(ids)
-        ids += [i for i in dict.fromkeys(events["item_id"].astype(str)) if i not in known]
-        return cls(ids)
-
-    def grown(self, new_ids) -> "ItemVocab":
-        """A new vocabulary: these indices unchanged, unseen ids appended."""
-        return ItemVocab(self.item_ids + [i for i in dict.fromkeys(map(str, new_ids)) if i not in self.index])
-
-    def encode(self, items) -> np.ndarray:
-        """Indices of known items; unknown ids are dropped."""
-        return np.array([self.index[i] for i in map(str, items) if i in self.index], dtype=np.int64)
 
 
 @dataclass
@@ -182,19 +152,3 @@ def item_counts(train: list[np.ndarray], n_vocab: int) -> np.ndarray:
     counts = np.bincount(np.concatenate(train) if train else np.zeros(0, np.int64), minlength=n_vocab)
     counts[PAD] = 0
     return counts
-
-
-def pad_left(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Most recent ``max_len`` items of each sequence, left-padded to the batch's longest.
-
-    Returns (item indices (B, T), position ids (B, T)): the newest item always has
-    position max_len - 1, so trimming the batch to T changes nothing.
-    """
-    width = max(1, min(max_len, max(len(s) for s in seqs)))
-    out = np.zeros((len(seqs), width), dtype=np.int64)
-    for row, seq in enumerate(seqs):
-        tail = seq[-width:]
-        if len(tail):
-            out[row, width - len(tail):] = tail
-    positions = np.broadcast_to(np.arange(max_len - width, max_len), out.shape).copy()
-    return out, positions

@@ -27,6 +27,8 @@ from training.models import build_model, new_model
 from training.registry import list_versions, production_version, trained_root
 from training.trainer import Trainer, TrainResult, pick_device, tune_cpu_runtime
 
+EVALUATION_METADATA = ("protocol", "data_source", "data_fingerprint")  # what re-running a version's protocol needs
+
 
 def train_version(settings: Settings, *, data: str = "lake", protocol: str = "full", events: pd.DataFrame | None = None,
                   items: pd.DataFrame | None = None, progress: bool = True, checkpoint: bool = True) -> tuple[str, dict]:
@@ -94,6 +96,10 @@ def evaluate_version(settings: Settings, version: str | None = None) -> tuple[st
     """
     version = version or _newest_or_production(settings)
     rec = load_recommender(version, settings)
+    missing = [key for key in EVALUATION_METADATA if key not in rec.metadata]
+    if missing:
+        raise ValueError(f"version {rec.version} lacks {', '.join(missing)} in its metadata (it was not saved by "
+                         "train_version); evaluate a version `shoprec train` made")
     protocol = rec.metadata["protocol"]
     if protocol not in ("loo", "full"):
         raise ValueError(f"version {version} was trained with protocol {protocol!r}; evaluate a loo or full version")

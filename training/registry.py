@@ -10,19 +10,17 @@ leads to the trained version it was made from (``trained_root``).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from shoprec.config import Settings
+from shoprec.locks import exclusive_lock
 from training.artifact import ArtifactError, check_version_name, verified_manifest
-from training.artifact.manifest import METADATA, TRAINED, read_manifest
+from training.artifact.manifest import METADATA, TRAINED, LegacyVariantError, read_manifest
 from training.artifact.writer import fsync_path
 
 POINTER = "PRODUCTION"
@@ -96,7 +94,7 @@ def promote(version: str, settings: Settings) -> str | None:
     history point a rollback back at the same version)."""
     root = Path(settings.models_dir)
     _verified(version, settings)
-    with _locked(root):
+    with exclusive_lock(root / LOCK):
         previous = production_version(settings)
         if previous == version:
             return previous
@@ -110,7 +108,7 @@ def rollback(settings: Settings) -> str | None:
     the version now in production (None: there was none before, and the pointer is cleared).
     ValueError when nothing is in production or the history does not know the current version."""
     root = Path(settings.models_dir)
-    with _locked(root):
+    with exclusive_lock(root / LOCK):
         current = production_version(settings)
         if current is None:
             raise ValueError(f"nothing to roll back: no production version in {root}")
@@ -142,10 +140,9 @@ def lineage(version: str, settings: Settings) -> list[str]:
     """``version``, the version it was compressed from, ... up to the trained version at the root."""
     chain = [check_version_name(version)]
     while True:
-        manifest = _manifest(chain[-1], settings)
-        if manifest["kind"] == TRAINED:
+        parent = _parent(chain[-1], settings)
+        if parent is None:
             return chain
-        parent = check_version_name(manifest["lineage"]["parent_version"])
         if parent in chain:
             raise ArtifactError(f"the lineage of {version} loops: {' -> '.join([*chain, parent])}")
         chain.append(parent)
@@ -156,11 +153,20 @@ def trained_root(version: str, settings: Settings) -> str:
     return lineage(version, settings)[-1]
 
 
-def _manifest(version: str, settings: Settings) -> dict:
+def _parent(version: str, settings: Settings) -> str | None:
+    """The version ``version`` was compressed from (None: it is a trained version). A variant
+    from before manifest format 2 does not load, but its old manifest still names its parent,
+    so a warm start after an upgrade still finds the trained root."""
     folder = Path(settings.models_dir) / version
     if not (folder / METADATA).is_file():
         raise ArtifactError(f"no model version {version!r} in {settings.models_dir}")
-    return read_manifest(folder)
+    try:
+        manifest = read_manifest(folder)
+    except LegacyVariantError as error:
+        if error.parent_version is None:
+            raise
+        return check_version_name(error.parent_version)
+    return None if manifest["kind"] == TRAINED else check_version_name(manifest["lineage"]["parent_version"])
 
 
 def _verified(version: str, settings: Settings) -> dict:
@@ -171,17 +177,6 @@ def _verified(version: str, settings: Settings) -> dict:
         return verified_manifest(folder)
     except ArtifactError as error:
         raise ArtifactError(f"cannot promote {version!r}: {error}") from None
-
-
-@contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_pointer(root: Path, version: str) -> None:

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -28,13 +29,15 @@ from entrypoints.airflow_env import (admin_password, airflow_cli, airflow_env, m
 from entrypoints.inbox import inbox_folder
 from entrypoints.processes import stop_process_group
 from entrypoints.serving import RunningService, ServiceStartError, start_service
+from shoprec.adapters.base import Batch
 from shoprec.config import REPO_ROOT, Settings, load_settings
 from simulator.shop import generate, write_generated
 from training.registry import production_version
 
-# a light compression benchmark: every variant is still built, gated and served
-DEMO_COMPRESSION = {"prune_epochs": 1, "distill_epochs": 1, "rounds_b1": 20, "rounds_b32": 5}
+# settings.compression overrides for a light compression benchmark: every variant is still built, gated and served
+DEMO_COMPRESSION_OVERRIDES = {"prune_epochs": 1, "distill_epochs": 1, "rounds_b1": 20, "rounds_b32": 5}
 PRESETS = click.Choice(["quick", "full"])
+STEPS = 6
 
 
 def demo_settings(base: Settings, preset: str, epochs: int) -> Settings:
@@ -49,14 +52,28 @@ def demo_settings(base: Settings, preset: str, epochs: int) -> Settings:
         },
         # a demo shows one pass: a failing task fails at once instead of backing off and retrying
         airflow={"retries": 0},
-        compression=DEMO_COMPRESSION,
+        compression=DEMO_COMPRESSION_OVERRIDES,
         # the deploy task hot-swaps the service through its /admin API, which needs a bearer token
         api_token=base.api_token or secrets.token_urlsafe(24),
     )
 
 
+@dataclass
+class DemoRun:
+    """What the demo's steps share: the settings, the logs folder, the start time, the processes started."""
+
+    settings: Settings
+    logs: Path
+    now: datetime
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def hour(self) -> datetime:
+        return self.now.replace(minute=0, second=0, microsecond=0)
+
+
 def _step(number: int, text: str) -> float:
-    click.secho(f"[{number}/6] {text}", bold=True)
+    click.secho(f"[{number}/{STEPS}] {text}", bold=True)
     return time.monotonic()
 
 
@@ -86,6 +103,90 @@ def _recommend(service: RunningService, user_id: str, k: int = 5) -> dict:
         return json.loads(response.read())
 
 
+def prepare_run(settings: Settings, fresh: bool) -> DemoRun:
+    """An empty home when ``fresh``; the logs folder."""
+    if fresh and settings.home.exists():
+        shutil.rmtree(settings.home)
+    logs = settings.reports_dir / "demo"
+    logs.mkdir(parents=True, exist_ok=True)
+    click.echo(f"ShopRec demo: state in {settings.home}, logs in {logs}")
+    return DemoRun(settings, logs, datetime.now(timezone.utc))
+
+
+def generate_shop(run: DemoRun, n_events: int) -> Batch:
+    """Step 1: a synthetic shop's last 30 days, dropped into the inbox."""
+    started = _step(1, f"generating a shop with {n_events:,} events over 30 days, into the inbox")
+    batch = generate(n_events, seed=0, start=(run.hour - timedelta(days=30)).isoformat(), days=30, progress=True)
+    write_generated(batch, inbox_folder(run.settings, run.now, "demo-shop"))
+    _done(started, f"{batch.events['user_id'].nunique():,} users, {len(batch.items):,} items")
+    return batch
+
+
+def start_recommender(run: DemoRun) -> RunningService:
+    """Step 2: Airflow's metadata database, and ``bentoml serve`` (live, no model yet)."""
+    started = _step(2, "preparing Airflow's metadata database and starting the recommender service")
+    migrate_db(run.settings)
+    try:
+        service = start_service(run.settings, log_path=run.logs / "bentoml.log", wait="live")
+    except ServiceStartError as error:
+        raise click.ClickException(str(error)) from error
+    run.processes.append(service.process)
+    _done(started)
+    return service
+
+
+def run_features_dag(run: DemoRun) -> None:
+    """Step 3: the inbox batch through validation, the lake, the feature tables and Feast."""
+    started = _step(3, "Airflow: shoprec_features (validate with Great Expectations -> lake -> features -> Feast)")
+    _run_dag(run.settings, "shoprec_features", run.hour + timedelta(hours=1), run.logs / "shoprec_features.log")
+    _done(started)
+
+
+def run_training_dag(run: DemoRun) -> None:
+    """Step 4: a full training run, which must end with a model in production."""
+    log_path = run.logs / "shoprec_training.log"
+    started = _step(4, f"Airflow: shoprec_training ({run.settings.training.preset} preset: train -> compress -> evaluate "
+                       "-> gate -> release -> deploy -> smoke test)")
+    _run_dag(run.settings, "shoprec_training", run.now, log_path, {"mode": "full"})
+    served = production_version(run.settings)
+    if served is None:
+        raise click.ClickException(f"the gate promoted no model (see 'gate' in {log_path})")
+    _done(started, f"serving {served}")
+
+
+def show_recommendation(run: DemoRun, service: RunningService, user: str) -> None:
+    """Step 5: once every worker serves the model, a live answer for one of the shop's users."""
+    started = _step(5, "asking the live service for a recommendation")
+    try:
+        service.wait_until_ready(run.settings.serving.workers, timeout_seconds=120)
+    except ServiceStartError as error:
+        raise click.ClickException(str(error)) from error
+    answer = _recommend(service, user)
+    click.echo(f"      POST /recommend {{\"user_id\": \"{user}\", \"k\": 5}} ->")
+    click.echo("      " + json.dumps(answer, default=str)[:1500])
+    _done(started)
+
+
+def start_airflow_ui(run: DemoRun) -> None:
+    """Step 6: ``airflow standalone``, until its UI answers."""
+    started = _step(6, "starting the Airflow UI")
+    log_path = run.logs / "airflow-standalone.log"
+    run.processes.append(start_airflow(run.settings, log_path))
+    try:
+        wait_until_healthy(run.settings, timeout_seconds=180)
+    except TimeoutError as error:
+        raise click.ClickException(f"{error}; its log: {log_path}") from error
+    _done(started)
+
+
+def print_summary(run: DemoRun, total_started: float) -> None:
+    settings = run.settings
+    click.secho(f"\nDemo finished in {time.monotonic() - total_started:.0f} s.", bold=True)
+    click.echo(f"  Airflow UI:       {ui_url(settings)}  (user admin, password {admin_password(settings)})")
+    click.echo(f"  Service API docs: http://localhost:{settings.serving.port}/  (OpenAPI: /docs.json)")
+    click.echo(f"  Reports:          {settings.reports_dir}  (validation: {settings.validation_dir})")
+
+
 @click.command()
 @click.option("--events", "n_events", default=15_000, show_default=True, type=click.IntRange(min=2_000),
               help="Events in the generated shop.")
@@ -98,73 +199,21 @@ def _recommend(service: RunningService, user_id: str, k: int = 5) -> dict:
               help="Keep the service and the Airflow UI running until Ctrl+C, or stop them at the end.")
 def demo(n_events: int, preset: str, old_preset: str | None, epochs: int, fresh: bool, keep_serving: bool) -> None:
     """Run ShopRec end to end on embedded defaults: data -> Airflow DAGs -> served model -> live answer."""
-    total = time.monotonic()
-    preset = old_preset or preset
-    settings = demo_settings(load_settings(), preset, epochs)
-    if fresh and settings.home.exists():
-        shutil.rmtree(settings.home)
-    logs = settings.reports_dir / "demo"
-    logs.mkdir(parents=True, exist_ok=True)
-    click.echo(f"ShopRec demo: state in {settings.home}, logs in {logs}")
-    processes: list[subprocess.Popen] = []
+    total_started = time.monotonic()
+    run = prepare_run(demo_settings(load_settings(), old_preset or preset, epochs), fresh)
     try:
-        t = _step(1, f"generating a shop with {n_events:,} events over 30 days, into the inbox")
-        now = datetime.now(timezone.utc)
-        hour = now.replace(minute=0, second=0, microsecond=0)
-        batch = generate(n_events, seed=0, start=(hour - timedelta(days=30)).isoformat(), days=30, progress=True)
-        write_generated(batch, inbox_folder(settings, now, "demo-shop"))
-        _done(t, f"{batch.events['user_id'].nunique():,} users, {len(batch.items):,} items")
-
-        t = _step(2, "preparing Airflow's metadata database and starting the recommender service")
-        migrate_db(settings)
-        try:
-            service = start_service(settings, log_path=logs / "bentoml.log", wait="live")
-        except ServiceStartError as error:
-            raise click.ClickException(str(error)) from error
-        processes.append(service.process)
-        _done(t)
-
-        t = _step(3, "Airflow: shoprec_features (validate with Great Expectations -> lake -> features -> Feast)")
-        _run_dag(settings, "shoprec_features", hour + timedelta(hours=1), logs / "shoprec_features.log")
-        _done(t)
-
-        t = _step(4, f"Airflow: shoprec_training ({preset} preset: train -> compress -> evaluate -> gate "
-                     "-> release -> deploy -> smoke test)")
-        _run_dag(settings, "shoprec_training", now, logs / "shoprec_training.log", {"mode": "full"})
-        served = production_version(settings)
-        if served is None:
-            raise click.ClickException(f"the gate promoted no model (see 'gate' in {logs / 'shoprec_training.log'})")
-        _done(t, f"serving {served}")
-
-        t = _step(5, "asking the live service for a recommendation")
-        try:
-            service.wait_until_ready(settings.serving.workers, timeout_seconds=120)
-        except ServiceStartError as error:
-            raise click.ClickException(str(error)) from error
-        user = batch.events["user_id"].iloc[-1]
-        answer = _recommend(service, user)
-        click.echo(f"      POST /recommend {{\"user_id\": \"{user}\", \"k\": 5}} ->")
-        click.echo("      " + json.dumps(answer, default=str)[:1500])
-        _done(t)
-
-        t = _step(6, "starting the Airflow UI")
-        airflow = start_airflow(settings, logs / "airflow-standalone.log")
-        processes.append(airflow)
-        try:
-            wait_until_healthy(settings, timeout_seconds=180)
-        except TimeoutError as error:
-            raise click.ClickException(f"{error}; its log: {logs / 'airflow-standalone.log'}") from error
-        _done(t)
-
-        click.secho(f"\nDemo finished in {time.monotonic() - total:.0f} s.", bold=True)
-        click.echo(f"  Airflow UI:       {ui_url(settings)}  (user admin, password {admin_password(settings)})")
-        click.echo(f"  Service API docs: http://localhost:{settings.serving.port}/  (OpenAPI: /docs.json)")
-        click.echo(f"  Reports:          {settings.reports_dir}  (validation: {settings.validation_dir})")
+        batch = generate_shop(run, n_events)
+        service = start_recommender(run)
+        run_features_dag(run)
+        run_training_dag(run)
+        show_recommendation(run, service, batch.events["user_id"].iloc[-1])
+        start_airflow_ui(run)
+        print_summary(run, total_started)
         if keep_serving:
             click.echo("Serving; press Ctrl+C to stop the service and Airflow.")
-            processes[-1].wait()
+            run.processes[-1].wait()
     except KeyboardInterrupt:
         pass
     finally:
-        for process in reversed(processes):
+        for process in reversed(run.processes):
             stop_process_group(process)

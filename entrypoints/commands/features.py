@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from entrypoints.output import emit, plain
+from entrypoints.output import emit
 from shoprec.config import load_settings
 from shoprec.features import store
 from shoprec.features.online import OnlineFeatures
@@ -19,19 +19,19 @@ def features() -> None:
 @features.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def build(as_json: bool) -> None:
-    """Build the feature tables (sequences, user/item stats, text embeddings) from the lake."""
-    report = plain(build_tables(load_settings(), progress=not as_json))
-    emit(report, as_json, f"built {report['rows']} from {report['events']} events "
-         f"({report['newly_encoded_texts']} texts newly encoded) in {report['offline_dir']}")
+    """Build the feature tables (user_recent_items, item_stats) from the lake and encode new item texts."""
+    report = build_tables(load_settings(), progress=not as_json)
+    emit(report, as_json, f"built {report.rows} from {report.events} events "
+         f"({report.newly_encoded_texts} texts newly encoded) in {report.offline_dir}")
 
 
 @features.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def apply(as_json: bool) -> None:
-    """Register entities, sources, feature views and services (feast apply on feature_repo/)."""
-    report = plain(store.apply(load_settings()))
-    emit(report, as_json, f"applied {', '.join(report['feature_views'])} + {', '.join(report['feature_services'])} "
-         f"(online store: {report['online_store']})")
+    """Register entities, sources and feature views; delete what feature_repo/ no longer defines (feast apply)."""
+    report = store.apply(load_settings())
+    deleted = f"; deleted {', '.join(report.deleted)}" if report.deleted else ""
+    emit(report, as_json, f"applied {', '.join(report.feature_views)}{deleted} (online store: {report.online_store})")
 
 
 @features.command()
@@ -40,8 +40,9 @@ def apply(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def materialize(start, end, as_json: bool) -> None:
     """Copy the latest feature values into the online store, in bounded chunks (idempotent)."""
-    report = plain(store.materialize(load_settings(), start=start, end=end, progress=not as_json))
-    lines = [f"{n}: {v['chunks']} chunk(s), {v['rows_read']} rows from {v['start']}" for n, v in report["views"].items()]
+    report = store.materialize(load_settings(), start=start, end=end, progress=not as_json)
+    lines = [f"{n}: {v.chunks} chunk(s), {v.rows_read} rows from {v.start}" for n, v in report.views.items()]
+    lines.append(f"item state: {report.item_state_pushed} item(s) changed")
     emit(report, as_json, "\n".join(lines))
 
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shoprec.adapters.base import Batch
-from shoprec.schema import SchemaError, to_utc
+from shoprec.schema import SchemaError, empty_events, to_utc
 
 SUFFIXES = (".parquet", ".csv")
 
@@ -30,17 +30,18 @@ class InputError(ValueError):
     """Raw input that cannot become a batch: unreadable, empty, wrong columns or types."""
 
 
-def find_files(path: Path) -> tuple[Path, Path | None]:
-    """(events file, catalog file or None) for a file or an ``events.*``/``items.*`` folder."""
+def find_files(path: Path) -> tuple[Path | None, Path | None]:
+    """(events file, catalog file) for a file or an ``events.*``/``items.*`` folder; a folder
+    with only a catalog is a catalog update (price, availability) and has no events file."""
     path = Path(path)
     if path.is_file():
         return path, None
     if not path.is_dir():
         raise InputError(f"no such file or folder: {path}")
-    events = _one_of(path, "events")
-    if events is None:
-        raise InputError(f"{path} holds no events.parquet or events.csv")
-    return events, _one_of(path, "items")
+    events, items = _one_of(path, "events"), _one_of(path, "items")
+    if events is None and items is None:
+        raise InputError(f"{path} holds no events.parquet|csv and no items.parquet|csv")
+    return events, items
 
 
 def _one_of(folder: Path, stem: str) -> Path | None:
@@ -167,7 +168,7 @@ def read(
 ) -> Batch:
     """Read an events file (or folder) into a canonical Batch; raises InputError on bad input."""
     events_path, items_path = find_files(Path(path))
-    events = to_canonical_events(
+    events = empty_events() if events_path is None else to_canonical_events(
         read_table(events_path), mapping, timestamp_unit, ignore, event_values, defaults
     )
     items = read_items_file(items_path) if items_path else None

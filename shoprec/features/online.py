@@ -2,8 +2,8 @@
 
 One ``OnlineFeatures`` holds one FeatureStore. Reads: a user's recent events
 (``user_recent_items``) and an item's catalog state (``item_stats``: availability and
-price, so a catalog change reaches serving at the next materialization). A new event
-updates the user's sequence through ``sequence.extend_sequence`` (the same rule as the
+price, pushed when a catalog batch is ingested: ``shoprec.features.store.push_catalog_state``).
+A new event updates the user's sequence through ``sequence.extend_sequence`` (the same rule as the
 batch table) and is written to the feature views fed by the PushSource
 ``user_events_push``; the event is first appended to the offline event log, so the next
 ``features build`` includes it. A push is a read-modify-write of the user's whole row,
@@ -15,7 +15,6 @@ Redis lock). What a valid event or id is, is decided by the rules of
 
 from __future__ import annotations
 
-import fcntl
 import sqlite3
 import threading
 import zlib
@@ -35,12 +34,12 @@ from shoprec.config import Settings
 from shoprec.features import tables
 from shoprec.features.sequence import SEQUENCE_COLUMNS, extend_sequence
 from shoprec.features.store import feature_store
+from shoprec.locks import exclusive_lock
 from shoprec.validation import InvalidEvents, ValidEvents, accept_events, check_id, id_rules
 
 PUSH_SOURCE = "user_events_push"
 SEQUENCE_REFS = [f"user_recent_items:{c}" for c in SEQUENCE_COLUMNS]
 EVENT_REFS = ["user_recent_items:item_ids", "user_recent_items:event_types"]  # what serving needs
-ITEM_REFS = [f"item_stats:{c}" for c in ("price", "available", "popularity_1d", "popularity_7d", "popularity_30d")]
 ITEM_STATE_REFS = ["item_stats:available", "item_stats:price"]  # what serving filters and shows
 USER_VIEWS = ("user_recent_items",)  # the views keyed by user: what erasure deletes
 LOCK_BUCKETS = 64  # users share lock files: a bounded number of files, rare contention
@@ -100,10 +99,6 @@ class OnlineFeatures:
             }
             for u, row in rows.items()
         }
-
-    def item_features(self, item_ids: list[str]) -> dict[str, dict]:
-        """Price, availability and popularity (1/7/30 days) per item; unknown items get None values."""
-        return self.features(ITEM_REFS, "item_id", item_ids)
 
     def item_states(self, item_ids: list[str]) -> dict[str, ItemState]:
         """Availability and price per item, in one read: the serving path's item lookup."""
@@ -175,7 +170,7 @@ class OnlineFeatures:
         (user_id,) = self._check_ids([user_id])
         with self._lock(user_id):
             self._delete_online(user_id)
-            _drop_user_from_event_log(self.settings, user_id)
+            lake.drop_user(tables.event_log_dir(self.settings), user_id)
             for name in USER_VIEWS:
                 path = tables.table_path(self.settings, name)
                 if path.exists():
@@ -246,22 +241,7 @@ class OnlineFeatures:
 @contextmanager
 def _host_lock(folder, user_id: str):
     """An exclusive flock on one of LOCK_BUCKETS files: serialises a user's pushes between processes of one host."""
-    folder.mkdir(parents=True, exist_ok=True)
     bucket = zlib.crc32(user_id.encode()) % LOCK_BUCKETS
-    with open(folder / f"push-{bucket}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_lock(folder / f"push-{bucket}.lock"):
+        yield
 
-
-def _drop_user_from_event_log(settings: Settings, user_id: str) -> None:
-    for path in lake.event_files(tables.event_log_dir(settings)):
-        frame = pd.read_parquet(path)
-        if (frame["user_id"] == user_id).any():
-            kept = frame[frame["user_id"] != user_id]
-            if len(kept):
-                tables.write_table(kept, path)
-            else:
-                path.unlink()

@@ -8,10 +8,11 @@ feast CLI can use (``FEAST_FS_YAML_FILE_PATH``). ``feature_repo/feature_store.ya
 generator's output for the default settings with ``${SHOPREC_HOME}`` left for Feast to expand,
 so ``feast apply`` works in ``feature_repo/`` as a plain Feast repo (a test keeps them equal).
 
-The catalog state in ``item_stats`` (availability, price) is current state, not history:
-``materialize`` ends by writing the items whose state changed to the online store
-(``push_item_state_changes``), so a catalog change reaches serving without waiting for
-new events of the item.
+The catalog state in ``item_stats`` (availability, price) is current state, not history.
+An ingested catalog batch brings it online at once (``push_catalog_state``, called by
+``shoprec.ingest``), and ``materialize`` ends by writing the items whose state changed
+(``push_item_state_changes``, the same rule), so a catalog change reaches serving within
+seconds, without waiting for new events of the item or the next features run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from sqlalchemy.engine import make_url
 from tqdm.auto import tqdm
 
 from shoprec.config import FEATURE_REPO_DIR, Settings
-from shoprec.features.tables import TABLES, offline_dir, table_path, write_table
+from shoprec.features.tables import TABLES, offline_dir, table_path, with_catalog_state, write_table
 
 PROJECT = "shoprec"
 REPO_MODULES = ("entities", "data_sources", "feature_views")
@@ -40,6 +42,40 @@ HOME_VARIABLE = "${SHOPREC_HOME}"  # what feature_repo/feature_store.yaml leaves
 ITEM_STATE_COLUMNS = ["available", "price"]  # item_stats' catalog state: current, pushed when it changes
 ITEM_STATE_FILE = "item_state_online.parquet"  # the item state last pushed online, per item
 ONE_MICROSECOND = pd.Timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``apply`` left registered, and what it deleted."""
+
+    feature_views: list[str]
+    feature_services: list[str]  # none are defined any more: a stale one is listed in ``deleted``
+    deleted: list[str]
+    registry: str
+    online_store: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ViewMaterialized:
+    start: str
+    end: str
+    chunks: int
+    rows_read: int
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """What ``materialize`` copied online: per view, the interval and rows read; then the item states pushed."""
+
+    end: str
+    views: dict[str, ViewMaterialized] = field(default_factory=dict)
+    item_state_pushed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -135,7 +171,7 @@ def repo_objects(settings: Settings) -> list:
     return list(objects.values())
 
 
-def apply(settings: Settings) -> dict:
+def apply(settings: Settings) -> Applied:
     """Register feature_repo/'s entities, sources and views, and delete the registered views and
     feature services the repo no longer defines (as ``feast apply`` does)."""
     ensure_registry_database(settings)
@@ -145,13 +181,13 @@ def apply(settings: Settings) -> dict:
     stale = [o for o in [*store.list_feature_views(), *store.list_feature_services()]
              if (type(o).__name__, o.name) not in defined]
     store.apply(objects, objects_to_delete=stale, partial=not stale)
-    return {
-        "feature_views": sorted(fv.name for fv in store.list_feature_views()),
-        "feature_services": sorted(fs.name for fs in store.list_feature_services()),
-        "deleted": sorted(o.name for o in stale),
-        "registry": store.config.registry.path,
-        "online_store": store.config.online_store.type,
-    }
+    return Applied(
+        feature_views=sorted(fv.name for fv in store.list_feature_views()),
+        feature_services=sorted(fs.name for fs in store.list_feature_services()),
+        deleted=sorted(o.name for o in stale),
+        registry=store.config.registry.path,
+        online_store=store.config.online_store.type,
+    )
 
 
 # --- materialization ----------------------------------------------------------------------
@@ -175,7 +211,7 @@ def materialize(
     end: datetime | None = None,
     progress: bool = False,
     since: datetime | None = None,
-) -> dict:
+) -> Materialized:
     """Offline -> online in bounded chunks (``features.materialize_chunk_days``).
 
     Without ``start``, each view continues from where its last materialization ended
@@ -189,7 +225,7 @@ def materialize(
     """
     store = feature_store(settings)
     end_ts = _utc(end) if end is not None else pd.Timestamp.now(tz="UTC")
-    report: dict[str, Any] = {"end": end_ts.isoformat(), "views": {}}
+    views: dict[str, ViewMaterialized] = {}
     for name in TABLES:
         view = store.get_feature_view(name)
         times = _table_times(settings, name)
@@ -207,10 +243,8 @@ def materialize(
         for a, b in tqdm(chunks, desc=f"materialize {name}", unit="chunk", disable=not progress):
             store.materialize(start_date=a.to_pydatetime(), end_date=b.to_pydatetime(), feature_views=[name])
             rows += int(((times >= a) & (times < b)).sum())
-        report["views"][name] = {"start": view_start.isoformat(), "end": view_end.isoformat(),
-                                 "chunks": len(chunks), "rows_read": rows}
-    report["item_state_pushed"] = push_item_state_changes(settings, store)
-    return report
+        views[name] = ViewMaterialized(view_start.isoformat(), view_end.isoformat(), len(chunks), rows)
+    return Materialized(end_ts.isoformat(), views, push_item_state_changes(settings, store))
 
 
 def push_item_state_changes(settings: Settings, store: FeatureStore | None = None) -> int:
@@ -243,6 +277,26 @@ def push_item_state_changes(settings: Settings, store: FeatureStore | None = Non
     state = pd.concat([pushed[~pushed["item_id"].isin(rows["item_id"])], rows[kept]], ignore_index=True)
     write_table(state, state_path)
     return int(len(rows))
+
+
+def push_catalog_state(settings: Settings, items: pd.DataFrame) -> int | None:
+    """An ingested catalog batch's availability and price, online now; returns how many items
+    were written (0: nothing changed).
+
+    The batch's state goes into the offline ``item_stats`` table first (the rule the build
+    applies, ``tables.with_catalog_state``), then ``push_item_state_changes`` writes what
+    changed: the next build finds the same state and the next materialize has nothing to
+    change or roll back. None when the table is not built or the views are not applied yet:
+    the features run's build and materialize bring the state online then.
+    """
+    path = table_path(settings, "item_stats")
+    if not len(items) or not path.exists():
+        return None
+    store = feature_store(settings)
+    if "item_stats" not in {view.name for view in store.list_feature_views(allow_cache=False)}:
+        return None
+    write_table(with_catalog_state(pd.read_parquet(path), items, settings), path)
+    return push_item_state_changes(settings, store)
 
 
 def _latest_item_rows(settings: Settings) -> pd.DataFrame:

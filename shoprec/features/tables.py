@@ -20,6 +20,7 @@ service's new-item path read (``text_embedding.EmbeddingCache``).
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,21 @@ def all_events(settings: Settings) -> pd.DataFrame:
     return events.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
 
 
+@dataclass(frozen=True)
+class BuiltTables:
+    """What ``build_tables`` built: the input it read and the rows of each table."""
+
+    events: int
+    users: int
+    items: int
+    rows: dict[str, int]  # table name -> rows
+    newly_encoded_texts: int
+    offline_dir: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 # --- user_recent_items ------------------------------------------------------------
 def sequence_snapshots(events: pd.DataFrame, max_len: int) -> pd.DataFrame:
     """One row per (user, distinct event time): the user's sequence as of that time."""
@@ -94,11 +110,22 @@ def item_stats(events: pd.DataFrame, items: pd.DataFrame, settings: Settings) ->
     n30 = rolled[30]["n"].to_numpy()
     out["add_to_cart_rate"] = rolled[30]["carts"].to_numpy() / np.maximum(n30, 1)
     out["purchase_rate"] = rolled[30]["purchases"].to_numpy() / np.maximum(n30, 1)
-    never_seen = items.loc[~items["item_id"].isin(out["item_id"]), ["item_id"]].assign(event_timestamp=static_time(settings))
-    out = pd.concat([out, never_seen], ignore_index=True)
-    catalog = items.set_index("item_id")
-    out["price"] = out["item_id"].map(catalog["price"]).astype("float64")
-    out["available"] = out["item_id"].map(catalog["available"]).fillna(True).astype(bool)
+    return with_catalog_state(out, items, settings)
+
+
+def with_catalog_state(stats: pd.DataFrame, items: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """``stats`` (item_stats rows) with the catalog state of ``items`` (price, availability) on
+    every row of those items; other items' rows keep theirs. An item without a row gets one,
+    stamped ``static_time``, with zero counts. The build and an ingested catalog batch
+    (``store.push_catalog_state``) apply this same rule."""
+    never_seen = items.loc[~items["item_id"].isin(stats["item_id"]), ["item_id"]].assign(event_timestamp=static_time(settings))
+    out = pd.concat([stats, never_seen], ignore_index=True)
+    catalog = items.drop_duplicates("item_id", keep="last").set_index("item_id")
+    listed = out["item_id"].isin(catalog.index)
+    before = {column: out[column] if column in out else pd.Series(np.nan, index=out.index) for column in ("price", "available")}
+    out["price"] = out["item_id"].map(catalog["price"]).astype("float64").where(listed, before["price"].astype("float64"))
+    available = out["item_id"].map(catalog["available"]).astype(object).where(listed, before["available"].astype(object))
+    out["available"] = available.astype("boolean").fillna(True).astype(bool)
     for col in [c for c in out.columns if c.startswith("popularity_")]:
         out[col] = out[col].fillna(0).astype("int64")
     out[["add_to_cart_rate", "purchase_rate"]] = out[["add_to_cart_rate", "purchase_rate"]].fillna(0.0)
@@ -125,8 +152,8 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build_tables(settings: Settings, progress: bool = False) -> dict:
-    """Build the feature tables (``TABLES``) from the lake and the event log; returns a report."""
+def build_tables(settings: Settings, progress: bool = False) -> BuiltTables:
+    """Build the feature tables (``TABLES``) from the lake and the event log."""
     events = all_events(settings)
     items = lake.read_items(settings.lake_dir)
     known_items = set(items["item_id"]) | set(events["item_id"])
@@ -140,11 +167,11 @@ def build_tables(settings: Settings, progress: bool = False) -> dict:
     encoded = encode_item_texts(items, settings, progress=progress)
     for name, frame in tables.items():
         write_table(frame, table_path(settings, name))
-    return {
-        "events": int(len(events)),
-        "users": int(events["user_id"].nunique()),
-        "items": int(len(items)),
-        "rows": {name: int(len(frame)) for name, frame in tables.items()},
-        "newly_encoded_texts": int(encoded),
-        "offline_dir": str(offline_dir(settings)),
-    }
+    return BuiltTables(
+        events=int(len(events)),
+        users=int(events["user_id"].nunique()),
+        items=int(len(items)),
+        rows={name: int(len(frame)) for name, frame in tables.items()},
+        newly_encoded_texts=int(encoded),
+        offline_dir=str(offline_dir(settings)),
+    )

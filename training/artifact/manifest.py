@@ -27,6 +27,8 @@ TORCH, ONNX = "torch", "onnx"
 RUNTIMES = {TORCH: ("plain", "dynamic_int8"), ONNX: ("onnxruntime",)}
 # format 1 held trained PyTorch versions only, and no digest of the manifest itself
 FORMAT_1_DEFAULTS = {"kind": TRAINED, "format": TORCH, "runtime": "plain"}
+# variants before format 2 kept their spec in this file, and a manifest without format_version
+LEGACY_VARIANT_SPEC = "variant.json"
 # what the writer sets: a caller's metadata never overrides these
 RESERVED = ("version", "format_version", "created_at", "kind", "format", "runtime", "lineage", "n_items",
             "sha256", "manifest_sha256")
@@ -37,6 +39,16 @@ VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 class ArtifactError(Exception):
     """A model version is missing, corrupt, altered or inconsistent."""
+
+
+class LegacyVariantError(ArtifactError):
+    """A compressed variant written before manifest format 2: it no longer loads, but its
+    parent is still known (the registry follows it to the trained root)."""
+
+    def __init__(self, root: Path, parent_version: str | None):
+        self.parent_version = parent_version
+        super().__init__(f"{root}: variant written by ShopRec before manifest format {FORMAT_VERSION}; re-create it: "
+                         f"shoprec compress --version {parent_version or '<parent>'} --promote")
 
 
 def check_version_name(version: str) -> str:
@@ -89,6 +101,9 @@ def read_manifest(root: Path) -> dict:
         raise ArtifactError(f"{root / METADATA} is not a manifest")
     if manifest.get("format_version") == 1:
         return {**FORMAT_1_DEFAULTS, **manifest}
+    if "format_version" not in manifest and (root / LEGACY_VARIANT_SPEC).is_file():
+        lineage = manifest.get("lineage")
+        raise LegacyVariantError(root, lineage.get("parent_version") if isinstance(lineage, dict) else None)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{root}: artifact format {manifest.get('format_version')!r}, this code reads "
                             f"{FORMAT_VERSION} (and 1)")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from training.artifact.item_space import ItemSpace, TextProjection
-from training.data import ItemVocab, pad_left
+from training.vocab import ItemVocab, pad_left
 
 
 class Recommender:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -47,17 +47,14 @@ class Measurement:
         setattr(self, f"latency_b{batch_size}_p99_ms", latency["p99_ms"])
         setattr(self, f"throughput_b{batch_size}_per_s", latency["throughput_per_s"])
 
-    def compare_with(self, baseline: "Measurement") -> None:
-        self.size_ratio = baseline.size_bytes / self.size_bytes
-        self.speedup_b1 = baseline.latency_b1_p50_ms / self.latency_b1_p50_ms
-        self.ndcg_change = self.ndcg_at_10 / baseline.ndcg_at_10 - 1.0 if baseline.ndcg_at_10 else 0.0
+    def compared_with(self, baseline: "Measurement") -> "Measurement":
+        """This measurement with its size ratio, speed-up and NDCG change against ``baseline``."""
+        ndcg_change = self.ndcg_at_10 / baseline.ndcg_at_10 - 1.0 if baseline.ndcg_at_10 > 0 else 0.0
+        return replace(self, size_ratio=baseline.size_bytes / self.size_bytes,
+                       speedup_b1=baseline.latency_b1_p50_ms / self.latency_b1_p50_ms, ndcg_change=ndcg_change)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Measurement":
-        return cls(**data)
 
 
 def size_on_disk(path: Path) -> int:

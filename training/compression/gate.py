@@ -40,10 +40,6 @@ class GateDecision:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "GateDecision":
-        return cls(**{**data, "verdicts": [Verdict(**v) for v in data["verdicts"]]})
-
 
 def thresholds_of(options: CompressionSettings) -> dict[str, float]:
     return {name: getattr(options, name) for name in THRESHOLDS}
@@ -51,19 +47,18 @@ def thresholds_of(options: CompressionSettings) -> dict[str, float]:
 
 def judge(baseline: Measurement, variant: Measurement, options: CompressionSettings) -> Verdict:
     """One variant's measurements against the baseline's."""
-    ndcg_change = variant.ndcg_at_10 / baseline.ndcg_at_10 - 1.0 if baseline.ndcg_at_10 > 0 else 0.0
-    size_ratio = baseline.size_bytes / variant.size_bytes
-    speedup = baseline.latency_b1_p50_ms / variant.latency_b1_p50_ms
+    compared = variant.compared_with(baseline)
     checks = [
-        (ndcg_change >= -options.max_ndcg_drop,
-         f"NDCG@10 {ndcg_change:+.1%} vs {baseline.name} (limit -{options.max_ndcg_drop:.0%})"),
-        (size_ratio >= options.min_size_ratio,
-         f"{size_ratio:.3f}x smaller on disk (need >= {options.min_size_ratio:g}x)"),
-        (speedup >= options.min_speedup,
-         f"{speedup:.2f}x faster at batch 1 (need >= {options.min_speedup:g}x)"),
+        (compared.ndcg_change >= -options.max_ndcg_drop,
+         f"NDCG@10 {compared.ndcg_change:+.1%} vs {baseline.name} (limit -{options.max_ndcg_drop:.0%})"),
+        (compared.size_ratio >= options.min_size_ratio,
+         f"{compared.size_ratio:.3f}x smaller on disk (need >= {options.min_size_ratio:g}x)"),
+        (compared.speedup_b1 >= options.min_speedup,
+         f"{compared.speedup_b1:.2f}x faster at batch 1 (need >= {options.min_speedup:g}x)"),
     ]
     reasons = [("ok: " if ok else "FAIL: ") + text for ok, text in checks]
-    return Verdict(variant.name, all(ok for ok, _ in checks), reasons, ndcg_change, size_ratio, speedup)
+    return Verdict(variant.name, all(ok for ok, _ in checks), reasons, compared.ndcg_change, compared.size_ratio,
+                   compared.speedup_b1)
 
 
 def choose_served(baseline: Measurement, variants: list[Measurement], options: CompressionSettings) -> GateDecision:

@@ -18,7 +18,7 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from training.compression.variant import OnnxVariant
-from training.data import pad_left
+from training.vocab import pad_left
 
 OPSET = 18
 

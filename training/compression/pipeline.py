@@ -63,12 +63,6 @@ class CompressionResult:
                 "variants": [row.to_dict() for row in self.variants], "report": dict(self.report),
                 "context": self.context.to_dict() if self.context else None}
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "CompressionResult":
-        return cls(data["parent_version"], data["baseline_version"], data["served_version"],
-                   GateDecision.from_dict(data["gate"]), [Measurement.from_dict(row) for row in data["variants"]],
-                   dict(data["report"]), ReportContext(**data["context"]) if data.get("context") else None)
-
 
 @dataclass(frozen=True)
 class Maker:
@@ -148,9 +142,7 @@ def measure(served: dict[str, Recommender], split: SplitData, options: Compressi
         for row in rows:
             row.record_latency(batch, latency[row.name])
     baseline = next(row for row in rows if row.name == BASELINE)
-    for row in rows:
-        row.compare_with(baseline)
-    return rows
+    return [row.compared_with(baseline) for row in rows]
 
 
 def compress_recommender(parent: Recommender, split: SplitData, settings: Settings, data_label: str) -> CompressionResult:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2Model
 
-from training.data import PAD
+from training.vocab import PAD
 
 
 class ItemEmbedding(nn.Module):
