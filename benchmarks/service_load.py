@@ -36,7 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shoprec.config import Settings  # noqa: E402  (after the repo is on the path)
-from tests.service_harness import TOKEN, RedisServer, Server, call, prepare_shop, shop_settings  # noqa: E402
+from tests.service_harness import (READ_TOKEN, WRITE_TOKEN, RedisServer, Server, call, prepare_shop,  # noqa: E402
+                                   shop_settings)
 from training.artifact import load_recommender  # noqa: E402
 from training.compression.folding import fold_text_tower  # noqa: E402
 from training.compression.onnx_export import onnx_fp32, onnx_int8  # noqa: E402
@@ -46,10 +47,11 @@ from training.registry import promote  # noqa: E402
 
 LUA = """
 local users = {}
-for line in io.lines("%s") do users[#users + 1] = line end
+for line in io.lines("%(users)s") do users[#users + 1] = line end
 local counter = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(token)s"
 request = function()
   counter = counter + 1
   local body = '{"user_id": "' .. users[(counter %% #users) + 1] .. '", "k": 10}'
@@ -99,9 +101,9 @@ def freshness(server: Server, item_ids: list[str], trials: int) -> dict:
     for n in range(trials):
         user = f"fresh-bench-{time.time_ns()}-{n}"
         start = time.perf_counter()
-        status, _ = call(server, "POST", "/events", {"events": [{"user_id": user, "item_id": item_ids[n % len(item_ids)], "event_type": "view"}]}, token=TOKEN)
+        status, _ = call(server, "POST", "/events", {"events": [{"user_id": user, "item_id": item_ids[n % len(item_ids)], "event_type": "view"}]}, token=WRITE_TOKEN)
         assert status == 200
-        while call(server, "POST", "/recommend", {"user_id": user, "k": 10})[1]["fallback"]:
+        while call(server, "POST", "/recommend", {"user_id": user, "k": 10}, token=READ_TOKEN)[1]["fallback"]:
             if time.perf_counter() - start > 5:
                 break
         times.append((time.perf_counter() - start) * 1000)
@@ -136,7 +138,7 @@ def main() -> None:
     users = home / "users.txt"
     users.write_text("\n".join(shop["events"]["user_id"].drop_duplicates().astype(str)) + "\n")
     script = home / "recommend.lua"
-    script.write_text(LUA % users)
+    script.write_text(LUA % {"users": users, "token": READ_TOKEN})  # a token_urlsafe: nothing to escape in Lua
     report = {"events": args.events, "seconds": args.seconds, "configs": {}}
     try:
         for name, (version, serving) in configs.items():
@@ -145,9 +147,9 @@ def main() -> None:
             server_settings = settings.with_overrides(serving={"reload_poll_seconds": 60, **serving})
             server = Server(server_settings, log_path=home / f"serve-{name}.log").start()
             try:
-                assert call(server, "GET", "/model")[1]["model_version"] == version
+                assert call(server, "GET", "/model", token=READ_TOKEN)[1]["model_version"] == version
                 for _ in range(20):
-                    call(server, "POST", "/recommend", {"user_id": "warm-up", "k": 10})
+                    call(server, "POST", "/recommend", {"user_id": "warm-up", "k": 10}, token=READ_TOKEN)
                 levels = [run_wrk(server.url, script, c, args.seconds) for c in (1, 8, 32)]
                 fresh = freshness(server, shop["items"]["item_id"].astype(str).tolist(), args.fresh_trials)
                 report["configs"][name] = {"model_version": version, "load": levels, "freshness": fresh}

@@ -18,7 +18,8 @@ the DAG files, and only the task that runs a step needs that step's stack.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -82,7 +83,8 @@ def validate_and_ingest(settings: Settings, batches: list[str]) -> Ingested:
     refused batch (each already quarantined) once all were tried."""
     from shoprec.ingest import ingest  # heavy (Great Expectations): see the module docstring
 
-    reports = [ingest(path, INBOX_FORMAT, settings) for path in batches]
+    with _data_lock(settings):
+        reports = [ingest(path, INBOX_FORMAT, settings) for path in batches]
     for report in reports:
         print(report.summary())
     refused = [report for report in reports if not report.ok]
@@ -96,7 +98,8 @@ def build_features(settings: Settings) -> dict[str, Any]:
     """The feature tables from the lake."""
     from shoprec.features.tables import build_tables  # heavy (the text model): see the module docstring
 
-    return build_tables(settings).to_dict()
+    with _data_lock(settings):
+        return build_tables(settings).to_dict()
 
 
 def feast_apply(settings: Settings) -> dict[str, Any]:
@@ -109,9 +112,25 @@ def feast_apply(settings: Settings) -> dict[str, Any]:
 def materialize(settings: Settings, ingested: Ingested, end: datetime) -> dict[str, Any]:
     """Fill the online store up to ``end``, from the oldest new event on: a backfilled or late
     batch reaches the online store too."""
+    from shoprec.erasure import drop_erased_from_files  # heavy (Feast): see the module docstring
     from shoprec.features.store import materialize as materialize_views  # heavy (Feast): see the module docstring
+    from shoprec.features.tables import TABLES, table_path  # heavy (the text model): see the module docstring
 
-    return materialize_views(settings, end=end, since=ingested.first_event).to_dict()
+    with _data_lock(settings):
+        # what the online store gets never holds an erased user, whenever the tables were built
+        drop_erased_from_files([table_path(settings, name) for name in TABLES], settings)
+        return materialize_views(settings, end=end, since=ingested.first_event).to_dict()
+
+
+@contextmanager
+def _data_lock(settings: Settings) -> Iterator[None]:
+    """The lock erasures take too (``shoprec.erasure.data_lock``), after finishing any erasure a
+    crash left half done: a features step never runs while a user is being erased."""
+    from shoprec.erasure import data_lock, resume_pending  # heavy (Feast): see the module docstring
+
+    resume_pending(settings)
+    with data_lock(settings):
+        yield
 
 
 # --- shoprec_training ---------------------------------------------------------------------

@@ -87,7 +87,8 @@ def read_item_stats(settings: Settings) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """GET /model."""
+    """GET /model: what serves, never where (no paths, no host names: errors by their kind
+    only; /admin/reload and the log carry the whole message)."""
 
     model_version: str | None
     created_at: str | None
@@ -96,8 +97,8 @@ class ModelInfo:
     lineage: dict | None  # a variant's manifest lineage: parent_version, method, parameters
     loaded_at: str | None
     n_items: int
-    last_reload_failure: dict | None
-    online_store_error: str | None
+    last_reload_failure: dict | None  # version, error (its kind, e.g. "ArtifactError"), at
+    online_store_error: str | None  # its kind, e.g. "ConnectionError"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -112,7 +113,7 @@ class CurrentModel:
     def bundle(self) -> ServedBundle:
         served = self.holder.current
         if served is None:
-            raise RequestError("no model is loaded yet", status=503, detail=self.holder.last_failure)
+            raise RequestError("no model is loaded yet", status=503, detail=_failure_kind(self.holder.last_failure))
         return served
 
     def reload(self, version: str | None = None) -> Refresh:
@@ -126,14 +127,38 @@ class CurrentModel:
         return ModelInfo(
             model_version=served.version if served else None,
             created_at=meta.get("created_at"),
-            metrics=meta.get("metrics", {}),
+            metrics=_without_locations(meta.get("metrics", {})),
             protocol=meta.get("protocol"),
-            lineage=meta.get("lineage"),
+            lineage=_without_locations(meta.get("lineage")),
             loaded_at=served.loaded_at if served else None,
             n_items=len(served.catalog.item_ids) if served else 0,
-            last_reload_failure=self.holder.last_failure,
-            online_store_error=online_store_error,
+            last_reload_failure=_failure_kind(self.holder.last_failure),
+            online_store_error=_error_kind(online_store_error),
         )
+
+
+def _error_kind(error: str | None) -> str | None:
+    """``"ConnectionError: Error 111 connecting to redis:6379"`` -> ``"ConnectionError"``: the
+    message may name hosts and paths."""
+    return error.split(":", 1)[0].strip() if error else None
+
+
+def _failure_kind(failure: dict | None) -> dict | None:
+    if failure is None:
+        return None
+    return {"version": _without_locations(failure.get("version")), "error": _error_kind(failure.get("error")),
+            "at": failure.get("at")}
+
+
+def _without_locations(value: object) -> object:
+    """``value`` (manifest JSON) with every string that could be a path or a URL redacted."""
+    if isinstance(value, dict):
+        return {_without_locations(k): _without_locations(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_locations(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return "<redacted>"
+    return value
 
 
 def _check_requested_version(version: object) -> None:

@@ -53,6 +53,11 @@ def service_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.serving.port}"
 
 
+def read_token(settings: Settings) -> str:
+    """The token for /model and /recommend: the read token where set (the narrowest), else the API token."""
+    return settings.read_token or settings.api_token
+
+
 def _call(url: str, path: str, body: dict | None = None, token: str = "", timeout: float = 30) -> tuple[int, dict]:
     request = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
@@ -76,7 +81,8 @@ def reload_service(settings: Settings, version: str, url: str | None = None) -> 
 
 
 def smoke_test(settings: Settings, expect_version: str, url: str | None = None) -> SmokeTest:
-    """GET /model names ``expect_version`` and POST /recommend answers with items.
+    """GET /model names ``expect_version`` and POST /recommend answers with items (both with
+    ``read_token(settings)``).
 
     ``/admin/reload`` reaches one worker process; the others swap when their pointer watcher
     next polls. So the check waits, up to a few poll intervals, until ``confirmations`` answers
@@ -87,14 +93,16 @@ def smoke_test(settings: Settings, expect_version: str, url: str | None = None) 
     deadline = time.monotonic() + 3 * settings.serving.reload_poll_seconds + 5
     in_a_row = 0
     while in_a_row < confirmations:
-        status, model = _call(url, "/model")
+        status, model = _call(url, "/model", token=read_token(settings))
+        if status == 401:
+            raise ServiceError("/model answered 401: set SHOPREC_READ_TOKEN (or SHOPREC_API_TOKEN) to the service's")
         serving = (model or {}).get("model_version") if status == 200 else None
         in_a_row = in_a_row + 1 if serving == expect_version else 0
         if in_a_row == 0:
             if time.monotonic() > deadline:
                 raise ServiceError(f"the service serves {serving}, not {expect_version}")
             time.sleep(0.2)
-    status, answer = _call(url, "/recommend", {"user_id": "smoke-test", "k": 5})
+    status, answer = _call(url, "/recommend", {"user_id": "smoke-test", "k": 5}, read_token(settings))
     if status != 200 or not answer.get("items"):
         raise ServiceError(f"/recommend answered {status}: {answer}")
     return SmokeTest(model_version=expect_version, items=len(answer["items"]), fallback=bool(answer["fallback"]))

@@ -1,16 +1,27 @@
-"""/events: real-time events into the online store and the offline event log, all or nothing.
+"""/events: real-time events into the online store and the offline event log, all or nothing, once.
 
 Every event is checked once, with the rules of ``shoprec.validation`` (the batch gate's
 rules, catalog check on): a batch with any invalid event is refused whole (422, each bad
 event's index and messages), nothing written. A valid batch goes through
-``OnlineFeatures.push_events`` only, which trusts the ``ValidEvents`` it gets, appends
-them to the offline event log and pushes each user's updated sequence online. Events
-without ``timestamp`` get the server's time.
+``OnlineFeatures.push_events`` only, which writes each event online and to the offline
+event log once: an event whose ``event_id`` (given, or derived from its fields) the user
+already has is counted as a duplicate, not written again.
+
+A request may carry an ``Idempotency-Key`` header: its retry (same key, same body) gets
+the first answer again, and events without ``timestamp`` get the server time stamped on
+the first attempt (so they get the same derived ids). The answer says what was written:
+``{"accepted": n, "duplicates": m, "written": [event ids], "duplicate_ids": [...],
+"erased_ids": [...]}``; events of a user in the erasure ledger are dropped, never written.
+
+Only an online-store outage trips the store guard (``StoreGuard``); a refused event or a
+bug answers its own error and leaves /recommend alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 
@@ -18,16 +29,40 @@ from services.bundle import CurrentModel
 from services.guards import Limits, RequestError
 from services.resilience import StoreGuard
 from shoprec.config import Settings
-from shoprec.features.online import InvalidFeatureRequest, OnlineFeatures
+from shoprec.features.event_index import IdempotencyKeyReused, KeyClaim
+from shoprec.features.online import (
+    UNAVAILABLE_ERRORS,
+    FeatureStoreUnavailable,
+    InvalidFeatureRequest,
+    OnlineFeatures,
+    OnlineStoreBusy,
+)
+from shoprec.schema import SchemaError
 from shoprec.validation import InvalidEvents, ValidEvents, accept_events
+
+RETRY_HINT = "retry with the same Idempotency-Key (or event_ids): nothing is written twice"
 
 
 @dataclass(frozen=True)
-class Accepted:
+class EventsWritten:
     accepted: int
+    duplicates: int
+    written: list[str]  # event ids written now, in input order
+    duplicate_ids: list[str]  # event ids written before (or repeated in this request)
+    erased_ids: list[str]  # events of users who asked to be forgotten: dropped, never written
 
     def to_json(self) -> dict:
-        return {"accepted": self.accepted}
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """The first answer of an Idempotency-Key, again."""
+
+    answer: dict
+
+    def to_json(self) -> dict:
+        return self.answer
 
 
 class EventIngest:
@@ -39,28 +74,52 @@ class EventIngest:
         self.store = store
         self.limits = limits
 
-    def ingest(self, records: list) -> Accepted:
-        """Validate every event; all valid -> online store + offline event log (one push), else nothing."""
-        events = self.validate(records)
+    def ingest(self, records: list, idempotency_key: str | None = None) -> EventsWritten | Replayed:
+        """Validate every event; all valid -> each one online and in the event log once, else nothing."""
+        key = None if idempotency_key is None else self.limits.check_id(idempotency_key, "Idempotency-Key")
+        now = pd.Timestamp.now(tz="UTC")
+        events = self.validate(records, now)  # before the key is claimed: a refused body claims nothing
         if self.features is None or not self.store.should_try():
             raise RequestError(f"online store unavailable ({self.store.last_error}); nothing was written", status=503)
+        claim = self._claim(key, records, now)
+        if claim is not None and claim.answer is not None:
+            return Replayed(claim.answer)
+        if claim is not None and claim.stamp != now:  # a retry: the first attempt's server time
+            events = self.validate(records, claim.stamp)
         try:
-            self.features.push_events(events)
-        except InvalidFeatureRequest as exc:
-            raise RequestError(f"events refused by the feature store; nothing was written: {exc}") from exc
-        except Exception as exc:
+            pushed = self.features.push_events(events)
+            answer = EventsWritten(len(pushed.written), len(pushed.duplicates), pushed.written, pushed.duplicates,
+                                   pushed.erased)
+            if key is not None:
+                self.features.index.remember_answer(key, answer.to_json())
+        except OnlineStoreBusy as exc:  # the store answers: no outage, the guard stays open
+            raise RequestError(f"online store busy: {exc}; {RETRY_HINT}", status=503) from exc
+        except (FeatureStoreUnavailable, *UNAVAILABLE_ERRORS) as exc:
             self.store.failed(exc)
-            raise RequestError(
-                f"online store unavailable: the events are in the offline event log but not online yet: {exc}", status=503
-            ) from exc
+            raise RequestError(f"online store unavailable: {exc}; {RETRY_HINT}", status=503) from exc
+        except (InvalidFeatureRequest, SchemaError, TypeError, ValueError) as exc:
+            # the events could not be written as given: the caller's problem, not the store's
+            raise RequestError(f"events refused by the feature store: {exc}; {RETRY_HINT}") from exc
         self.store.succeeded()
-        return Accepted(len(events))
+        return answer
 
-    def validate(self, records: list) -> ValidEvents:
-        """The request's events, checked against the rules (RequestError 422 with every bad event)."""
+    def _claim(self, key: str | None, records: list, now: pd.Timestamp) -> KeyClaim | None:
+        if key is None:
+            return None
+        try:
+            return self.features.index.claim_key(key, _fingerprint(records), now)
+        except IdempotencyKeyReused as exc:
+            raise RequestError(f"{exc}; nothing was written") from exc
+        except UNAVAILABLE_ERRORS as exc:
+            self.store.failed(exc)
+            raise RequestError(f"online store unavailable: {exc}; nothing was written", status=503) from exc
+
+    def validate(self, records: list, now: pd.Timestamp | None = None) -> ValidEvents:
+        """The request's events, checked against the rules (RequestError 422 with every bad event);
+        those without a timestamp get ``now`` (the server's time)."""
         self.limits.check_events(records)
-        now = pd.Timestamp.now(tz="UTC").isoformat()
-        records = [{**r, "timestamp": now} if isinstance(r, dict) and r.get("timestamp") is None else r for r in records]
+        stamp = (now or pd.Timestamp.now(tz="UTC")).isoformat()
+        records = [{**r, "timestamp": stamp} if isinstance(r, dict) and r.get("timestamp") is None else r for r in records]
         try:
             return accept_events(records, self.settings, known_items=self.model.bundle().known_items)
         except InvalidEvents as exc:
@@ -74,3 +133,8 @@ class EventIngest:
         self.validate([{"user_id": "warm-up", "item_id": item, "event_type": "view"}])
         if self.features is not None:
             self.features.warm_up()
+
+
+def _fingerprint(records: list) -> str:
+    return hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()
+

@@ -4,9 +4,12 @@
   ``RequestError`` (422 by default) and a message that says why. Ids are checked with the
   id rules of ``shoprec.validation`` (the same definition the batch gate and /events use).
 - ``RequestGuard`` (plain ASGI middleware, testable with a fake app), before anything
-  parses the body: writes (``/events``, ``/admin/...``) need
-  ``Authorization: Bearer <token>`` (no token configured means no writes at all: 401,
-  nothing written); a POST body must be JSON (a form-encoded body would otherwise be
+  parses the body: every path but the probes, /metrics and the API docs needs
+  ``Authorization: Bearer <token>`` of its scope (``Tokens``: read for /recommend,
+  /similar_items and /model, write for /events, the API token for everything, /admin
+  included); a scope with no token configured is closed (401, nothing written). With
+  ``serving.public_history_recommend`` a history-only /recommend needs no token (its body
+  is read here to tell); a POST body must be JSON (a form-encoded body would otherwise be
   read as "no fields" and answered with defaults): 415; a body above
   ``max_body_bytes`` gets 422, whether the client sent a Content-Length or streamed chunks.
 """
@@ -16,11 +19,20 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass
+from typing import Literal
 
 from shoprec.config import Settings
 from shoprec.validation import check_id, id_rules
 
-PROTECTED_PREFIXES = ("/events", "/admin/")
+Scope = Literal["open", "read", "write", "admin"]
+# Open: liveness/readiness probes, Prometheus counts and latencies (no user data; restrict
+# /metrics at the network if even that is private), and BentoML's API docs (no data).
+OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/", "/docs.json", "/schema.json"})
+OPEN_PREFIXES = ("/static_content/", "/assets/")
+# /model is a read: it tells which version serves and how good it is, nothing a shop's public needs
+SCOPE_OF_PATH: dict[str, Scope] = {"/recommend": "read", "/similar_items": "read", "/model": "read",
+                                   "/events": "write"}
+PUBLIC_HISTORY_FIELDS = frozenset({"history", "k", "exclude_seen", "user_id"})  # user_id only as null
 
 
 class RequestError(ValueError):
@@ -117,18 +129,71 @@ def authorized(header: str | None, token: str) -> bool:
     return hmac.compare_digest(header.removeprefix("Bearer ").strip().encode(), token.encode())
 
 
+def scope_of(path: str) -> Scope:
+    """The token scope a path needs; anything not listed (``/admin/...`` too) needs the API token."""
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return "open"
+    return SCOPE_OF_PATH.get(path, "admin")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The configured bearer tokens; "" closes a scope. The API token opens every scope."""
+
+    read: str = ""
+    write: str = ""
+    api: str = ""
+
+    def allow(self, scope: Scope, header: str | None) -> bool:
+        if scope == "open" or authorized(header, self.api):
+            return True
+        own = {"read": self.read, "write": self.write}.get(scope, "")
+        return authorized(header, own)
+
+
+def history_only(body: bytes) -> bool:
+    """Whether ``body`` is a /recommend for an anonymous history and nothing else: a JSON
+    object with a ``history`` list, no user_id (or null) and no other fields. A repeated key
+    is refused: the service's JSON parser could read it another way than this one."""
+
+    def no_repeats(pairs: list[tuple[str, object]]) -> dict:
+        keys = [key for key, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise ValueError("repeated key")
+        return dict(pairs)
+
+    try:
+        request = json.loads(body or b"{}", object_pairs_hook=no_repeats)
+    except ValueError:  # JSONDecodeError and a repeated key
+        return False
+    return (isinstance(request, dict) and set(request) <= PUBLIC_HISTORY_FIELDS
+            and request.get("user_id") is None and isinstance(request.get("history"), list))
+
+
+def _unauthorized(scope: Scope) -> dict:
+    needs = {"read": "the read token (or the API token)", "write": "the write token (or the API token)",
+             "admin": "the API token"}[scope]
+    return {"error": f"missing or invalid bearer token: this endpoint needs {needs}; nothing was written"}
+
+
 class RequestGuard:
-    def __init__(self, app, max_body_bytes: int, api_token: str):
+    def __init__(self, app, max_body_bytes: int, api_token: str = "", read_token: str = "", write_token: str = "",
+                 public_history_recommend: bool = False):
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.api_token = api_token
+        self.tokens = Tokens(read=read_token, write=write_token, api=api_token)
+        self.public_history_recommend = public_history_recommend
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if scope["path"].startswith(PROTECTED_PREFIXES) and not authorized(headers.get("authorization"), self.api_token):
-            return await _send_json(send, 401, {"error": "missing or invalid bearer token; nothing was written"})
+        needs = scope_of(scope["path"])
+        allowed = self.tokens.allow(needs, headers.get("authorization"))
+        # an anonymous history may be let in, but only once its body is read (below)
+        maybe_public = self.public_history_recommend and scope["path"] == "/recommend" and scope["method"] == "POST"
+        if not allowed and not maybe_public:
+            return await _send_json(send, 401, _unauthorized(needs))
         if scope["method"] != "POST":
             return await self.app(scope, receive, send)
         content_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -147,6 +212,8 @@ class RequestGuard:
                 return await _send_json(send, 422, too_big)
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
+        if not allowed and not history_only(b"".join(m.get("body", b"") for m in messages)):
+            return await _send_json(send, 401, _unauthorized(needs))
 
         async def replay():
             return messages.pop(0) if messages else await receive()

@@ -7,9 +7,10 @@ environment, ``BENTOML_HOME`` included)::
 
 The class only composes the jobs: ``CurrentModel`` (the served bundle, reload, /model),
 ``Recommending`` (/recommend), ``SimilarItems``, ``EventIngest`` (/events) and ``Erasure``
-(/admin/forget_user), over one ``OnlineFeatures`` and one ``StoreGuard``. Settings come
-from the environment/profile (``shoprec.config``); the bearer token for writes from
-``SHOPREC_API_TOKEN``. See docs/service.md for the API.
+(/admin/forget_user, /admin/erasures/<job>), over one ``OnlineFeatures`` and one ``StoreGuard``. Settings come
+from the environment/profile (``shoprec.config``); the bearer tokens of the scopes from
+``SHOPREC_READ_TOKEN``, ``SHOPREC_WRITE_TOKEN`` and ``SHOPREC_API_TOKEN`` (``RequestGuard``
+checks them before any route runs). See docs/service.md for the API and its authentication.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class ShopRecService:
                                          on_batch=batch_sizes.observe)
         self.similar = SimilarItems(settings, self.model, item_states, limits)
         self.events_in = EventIngest(settings, self.model, features, store, limits)
-        self.erasure = Erasure(settings, features, store, limits)
+        self.erasure = Erasure(settings, features, limits)
         self.store = store
         # load in the background: /livez answers at once, /readyz once a model serves
         threading.Thread(target=self._load_and_warm_up, name="initial-model-load", daemon=True).start()
@@ -129,8 +130,13 @@ class ShopRecService:
         return _respond(self.similar.similar_items, item_id, k, text)
 
     @bentoml.api(route="/events")
-    def events(self, events: list[Any]) -> JSON:
-        return _respond(self.events_in.ingest, events)
+    def events(self, events: list[Any], ctx: bentoml.Context) -> JSON:
+        # a client's retry sends the same Idempotency-Key: it is answered once (services.events)
+        try:
+            return self.events_in.ingest(events, ctx.request.headers.get("idempotency-key")).to_json()
+        except RequestError as exc:
+            ctx.response.status_code = exc.status  # with a Context, BentoML answers with its status code
+            return exc.body()
 
     @bentoml.api(route="/admin/reload")
     def admin_reload(self, version: str | None = None) -> JSON:
@@ -138,7 +144,13 @@ class ShopRecService:
 
     @bentoml.api(route="/admin/forget_user")
     def admin_forget_user(self, user_id: str) -> JSON:
-        return _respond(self.erasure.forget_user, user_id)
+        answer = _respond(self.erasure.forget_user, user_id)  # 202: the erasure job runs on
+        return answer if isinstance(answer, JSONResponse) else JSONResponse(answer, status_code=202)
+
+    @http_app.get("/admin/erasures/{job_id}")
+    def admin_erasure(self, job_id: str) -> JSONResponse:
+        answer = _respond(self.erasure.status, job_id)
+        return answer if isinstance(answer, JSONResponse) else JSONResponse(answer)
 
     @http_app.get("/model")
     def model_info(self) -> dict:
@@ -146,5 +158,7 @@ class ShopRecService:
 
 
 ShopRecService.add_asgi_middleware(
-    RequestGuard, max_body_bytes=settings.serving.max_body_bytes, api_token=settings.api_token
+    RequestGuard, max_body_bytes=settings.serving.max_body_bytes, api_token=settings.api_token,
+    read_token=settings.read_token, write_token=settings.write_token,
+    public_history_recommend=settings.serving.public_history_recommend,
 )

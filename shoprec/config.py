@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +104,11 @@ class ServingSettings(Section):
     # the event loop's time on /recommend. [] traces every path (e.g. once an exporter is set).
     untraced_paths: list[str] = ["/recommend"]
     torch_threads: int = 1  # per worker: a tiny model per request is fastest single-threaded; concurrency comes from requests
+    # history-only /recommend ({"history": [...]}, no user_id) without a token, for shops that call it
+    # from the browser (where no secret can be kept); a user_id still needs a read token
+    public_history_recommend: bool = False
+    # /events: how long event ids and Idempotency-Keys are remembered (a retry or repeat within it counts once)
+    idempotency_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
 
 
 class Hyperparameters(BaseModel):
@@ -214,14 +219,38 @@ class AirflowSettings(Section):
     service_url: str = ""  # the running recommender the deploy task hot-swaps; "" = localhost:serving.port
 
 
+TOKEN_VARIABLES = {"api_token": "SHOPREC_API_TOKEN", "read_token": "SHOPREC_READ_TOKEN",
+                   "write_token": "SHOPREC_WRITE_TOKEN"}
+MIN_TOKEN_LENGTH = 24
+MAKE_TOKEN = "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+# words of placeholder values (.env.example's, documentation's); a random token of 24+ characters never has them
+PLACEHOLDER_WORDS = ("change-me", "change_me", "changeme", "replace-me", "replace_me", "placeholder",
+                     "your-token", "your_token", "example", "dummy", "xxxxxx", "secret-token")
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` (a configured bearer token; "" = none) cannot guard the service, or None."""
+    if not token:
+        return None
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"has {len(token)} characters; a token needs at least {MIN_TOKEN_LENGTH}"
+    if any(word in token.lower() for word in PLACEHOLDER_WORDS) or len(set(token)) < 8:
+        return "is a placeholder, not a secret"
+    return None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="SHOPREC_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="SHOPREC_", env_nested_delimiter="__", extra="forbid",
+        hide_input_in_errors=True,  # an error message must never print a token or a password of a URL
     )
 
     profile: str = "local"
     home: Path = REPO_ROOT / ".shoprec"
-    api_token: str = ""  # SHOPREC_API_TOKEN: bearer token for the service's /events and /admin
+    # the service's bearer tokens, one per scope; an empty one closes its scope (see docs/service.md)
+    api_token: str = ""  # SHOPREC_API_TOKEN: every endpoint, /admin included (the deploy task's)
+    read_token: str = ""  # SHOPREC_READ_TOKEN: /recommend, /similar_items, /model
+    write_token: str = ""  # SHOPREC_WRITE_TOKEN: /events
     event_types: list[str] = Field(default_factory=lambda: list(CORE_EVENT_TYPES))
     validation: ValidationSettings = ValidationSettings()
     cleaning: CleaningSettings = CleaningSettings()
@@ -244,6 +273,15 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _ProfileSource(settings_cls))
+
+    @field_validator(*TOKEN_VARIABLES, mode="after")
+    @classmethod
+    def _tokens_are_real(cls, token: str, info: Any) -> str:
+        problem = token_problem(token)
+        if problem:  # refused when any process loads its settings: the service, the CLI and Airflow fail at start
+            raise ValueError(f"{TOKEN_VARIABLES[info.field_name]} {problem}; make one with {MAKE_TOKEN}, "
+                             "or leave it empty to close that scope")
+        return token
 
     @model_validator(mode="before")
     @classmethod

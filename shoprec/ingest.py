@@ -27,7 +27,10 @@ from shoprec.adapters import read_batch
 from shoprec.adapters.base import Batch
 from shoprec.cleaning import clean_events
 from shoprec.config import Settings
+from shoprec.durable import write_text_atomically
+from shoprec.erasure import drop_erased_from_files, tabular_files
 from shoprec.features.store import push_catalog_state
+from shoprec.ledger import drop_erased
 from shoprec.validation import ValidationResult, validate_batch
 
 
@@ -129,13 +132,14 @@ def quarantine(path: Path, report: IngestReport, settings: Settings, result: Val
     elif path.exists():
         (target / "input").mkdir()
         shutil.copy2(path, target / "input" / path.name)
+    drop_erased_from_files(tabular_files(target / "input"), settings)  # the copy keeps no erased user
     if staging is not None and (staging / "data-docs").exists():
         shutil.move(staging / "data-docs", target / "data-docs")
         report.docs = str(target / "data-docs" / "index.html")
     body = result.to_dict() if result else {"success": False, "stage": report.stage, "failures": report.failures}
     body["docs"] = report.docs
-    (target / "validation.json").write_text(json.dumps(body, indent=2, default=str))
-    (target / "report.html").write_text(_report_html(report))
+    write_text_atomically(target / "validation.json", json.dumps(body, indent=2, default=str))
+    write_text_atomically(target / "report.html", _report_html(report))
     report.quarantine = str(target)
     report.validation = str(target / "validation.json")
     return target
@@ -149,6 +153,16 @@ def _report_html(report: IngestReport) -> str:
             f"<p>failed at: {html.escape(report.stage)}</p><ul>{items}</ul>{docs}")
 
 
+def _without_erased_users(batch: Batch, settings: Settings) -> tuple[Batch, bool]:
+    """The batch without the events of users the erasure ledger holds, before anything (the gate's
+    samples and Data Docs included) sees them: a re-run or late batch never brings them back.
+    Also whether there were any (then a source file under SHOPREC_HOME is cleaned too)."""
+    events = drop_erased(batch.events, settings)
+    if events is batch.events:
+        return batch, False
+    return Batch(events=events, items=batch.items, source=batch.source, metadata=batch.metadata), True
+
+
 def _run(path, fmt: str, settings: Settings, write: bool, options: dict) -> IngestReport:
     path = Path(path)
     report = IngestReport(status="refused", format=fmt, source=str(path))
@@ -158,6 +172,9 @@ def _run(path, fmt: str, settings: Settings, write: bool, options: dict) -> Inge
         if write:
             quarantine(path, report, settings, None, None)
         return report
+    batch, had_erased = _without_erased_users(batch, settings)
+    if had_erased and write and path.resolve().is_relative_to(settings.home.resolve()):
+        drop_erased_from_files(tabular_files(path) if path.is_dir() else [path], settings)  # e.g. a late inbox batch
     report.batch_id, report.metadata = batch.batch_id, batch.metadata
     cleaned_events, cleaning = clean_events(batch.events, settings.cleaning)
     report.cleaning = cleaning.to_dict()
@@ -192,7 +209,7 @@ def _accept(cleaned: Batch, report: IngestReport, settings: Settings, result: Va
         shutil.move(staging / "data-docs", record_dir / "data-docs")
         report.docs = str(record_dir / "data-docs" / "index.html")
     body = {**result.to_dict(), "docs": report.docs, "batch_id": report.batch_id}
-    (record_dir / "validation.json").write_text(json.dumps(body, indent=2, default=str))
+    write_text_atomically(record_dir / "validation.json", json.dumps(body, indent=2, default=str))
     report.validation = str(record_dir / "validation.json")
     report.lake_files = lake.write_batch(settings.lake_dir, cleaned)["files"]
     if len(cleaned.items):

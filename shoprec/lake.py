@@ -7,8 +7,13 @@ Layout under ``<home>/lake``::
     batches/<batch_id>.json                 (what each batch wrote, its metadata)
 
 File names carry the batch's content hash, so writing the same batch twice
-replaces files with identical ones (idempotent). Files are written to a temp name
-and renamed, so a crash never leaves a half-written Parquet file in the lake.
+replaces files with identical ones (idempotent). Every file is written durably
+(``shoprec.durable``: unique temp name, fsync, rename, folder fsync), so a crash never
+leaves a half-written Parquet file in the lake. A batch's manifest is written last and
+readers trust only the files some manifest names: a crash between the day files and the
+manifest leaves files no reader sees, and writing the batch again completes it. A folder
+without ``batches/`` (the real-time event log) has no manifests: its readers take every
+file. ``write_batch`` creates ``batches/`` before its first data file, so a lake always has one.
 ``drop_user`` (the right to erasure) rewrites the event files of the lake, or of any
 folder laid out like it (the real-time event log), without one user's rows.
 """
@@ -16,7 +21,7 @@ folder laid out like it (the real-time event log), without one user's rows.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shoprec.adapters.base import Batch
+from shoprec.durable import make_dirs, write_parquet_atomically, write_text_atomically
 from shoprec.schema import (
     EVENT_ARROW_SCHEMA,
     ITEM_ARROW_SCHEMA,
@@ -37,30 +43,26 @@ from shoprec.schema import (
 )
 
 
+BATCHES = "batches"
+
+log = logging.getLogger(__name__)
+
+
 def _atomic_write(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_parquet_atomically(table, path)
 
 
 def _durable_replace(table: pa.Table, path: Path) -> None:
     """Replace ``path`` by ``table``: a temp name of its own (two erasures never share one),
     flushed to disk before the rename, so a crash leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_parquet_atomically(table, path)
 
 
 def write_batch(lake: Path, batch: Batch) -> dict:
     """Write a validated batch into the lake; returns what was written."""
     lake = Path(lake)
     batch_id = batch.batch_id
+    make_dirs(lake / BATCHES)  # before any data file: this folder is a lake whose readers honour manifests
     written: list[str] = []
     events = batch.events
     if len(events):
@@ -84,20 +86,23 @@ def write_batch(lake: Path, batch: Batch) -> dict:
         "files": written,
         "written_at": pd.Timestamp.now(tz="UTC").isoformat(),
     }
-    manifest = lake / "batches" / f"{batch_id}.json"
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = manifest.with_name(f".{manifest.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, manifest)
+    _write_manifest(lake, record)
     return record
+
+
+def _write_manifest(lake: Path, record: dict) -> None:
+    """The batch's manifest, written last: from now on readers trust its files."""
+    write_text_atomically(lake / BATCHES / f"{record['batch_id']}.json", json.dumps(record, indent=2, default=str))
 
 
 def append_to_log(log_dir: Path, events: pd.DataFrame) -> list[Path]:
     """Append canonical (already conformed) events to an event log laid out like the lake.
 
     The real-time path: no content hash and no manifest (10 ms of a 1-event push), one
-    file per day named by arrival time, written atomically. Readers de-duplicate, so
-    an event logged twice counts once.
+    file per day named by arrival time, written atomically. Each event keeps its
+    ``event_id``; the push path logs an event once (``features.event_index``), or twice as
+    the identical row when a push killed half way is completed, and readers de-duplicate
+    identical events, so it counts once.
     """
     stamp = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
     written = []
@@ -108,9 +113,28 @@ def append_to_log(log_dir: Path, events: pd.DataFrame) -> list[Path]:
     return written
 
 
-def event_files(lake: Path, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None) -> list[Path]:
-    """Event Parquet files whose date partition overlaps [start, end)."""
-    files = sorted((Path(lake) / "events").glob("date=*/batch-*.parquet"))
+def listed_files(folder: Path) -> set[str] | None:
+    """The files (relative to ``folder``) that the batch manifests of ``folder`` name; None for
+    a folder without manifests (the event log), whose every file counts."""
+    if not (Path(folder) / BATCHES).is_dir():
+        return None
+    return {name for record in batch_records(folder) for name in record.get("files", [])}
+
+
+def _trusted(folder: Path, files: list[Path], include_unlisted: bool) -> list[Path]:
+    listed = None if include_unlisted else listed_files(folder)
+    if listed is None:
+        return files
+    return [f for f in files if f.relative_to(folder).as_posix() in listed]
+
+
+def event_files(lake: Path, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None, *,
+                include_unlisted: bool = False) -> list[Path]:
+    """Event Parquet files whose date partition overlaps [start, end): in a lake, only those a
+    batch manifest names (``include_unlisted``: also those a crash left without one, which
+    erasure must still clean)."""
+    lake = Path(lake)
+    files = _trusted(lake, sorted((lake / "events").glob("date=*/batch-*.parquet")), include_unlisted)
     if start is None and end is None:
         return files
     keep = []
@@ -138,7 +162,9 @@ def read_events(lake: Path, start: pd.Timestamp | None = None, end: pd.Timestamp
 
 def read_items(lake: Path) -> pd.DataFrame:
     """The current catalog: every snapshot merged, the newest batch winning per item."""
-    files = sorted((Path(lake) / "items").glob("batch-*.parquet"), key=lambda p: p.stat().st_mtime)
+    lake = Path(lake)
+    files = sorted(_trusted(lake, list((lake / "items").glob("batch-*.parquet")), include_unlisted=False),
+                   key=lambda p: p.stat().st_mtime)
     if not files:
         return empty_items()
     frames = [pq.read_table(f, schema=ITEM_ARROW_SCHEMA).to_pandas() for f in files]
@@ -148,9 +174,14 @@ def read_items(lake: Path) -> pd.DataFrame:
 
 
 def batch_records(lake: Path) -> list[dict]:
-    """Manifests of every batch in the lake, oldest first."""
-    paths = sorted((Path(lake) / "batches").glob("*.json"), key=lambda p: p.stat().st_mtime)
-    return [json.loads(p.read_text()) for p in paths]
+    """Manifests of every batch in the lake, oldest first (an unreadable one counts as not written)."""
+    records = []
+    for path in sorted((Path(lake) / BATCHES).glob("*.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            log.warning("ignoring the unreadable batch manifest %s: %s", path, error)
+    return records
 
 
 def drop_user(files_dir: Path, user_id: str) -> int:

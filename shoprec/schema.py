@@ -6,6 +6,8 @@ as the source gives them, timestamps are timezone-aware UTC.
 
 from __future__ import annotations
 
+import hashlib
+
 import pandas as pd
 import pyarrow as pa
 
@@ -18,6 +20,9 @@ EVENT_COLUMNS: dict[str, str] = {
     "session_id": "string",
     "price": "Float64",
     "quantity": "Int64",
+    # optional, from the client (or derived: shoprec.schema.derived_event_ids): what makes a
+    # retried or repeated real-time event count once; batch sources leave it empty
+    "event_id": "string",
 }
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
 
@@ -42,6 +47,7 @@ EVENT_ARROW_SCHEMA = pa.schema(
         ("session_id", pa.string()),
         ("price", pa.float64()),
         ("quantity", pa.int64()),
+        ("event_id", pa.string()),
     ]
 )
 ITEM_ARROW_SCHEMA = pa.schema(
@@ -70,13 +76,24 @@ def empty_items() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in ITEM_COLUMNS.items()})
 
 
+def normalise_id(value: object) -> str:
+    """An id as every path stores it (batch, real-time, the erasure ledger): its text, without
+    surrounding whitespace, so one user is one key everywhere."""
+    return str(value).strip()
+
+
+def normalise_ids(values: pd.Series) -> pd.Series:
+    """``normalise_id`` of a column (pandas ``str.strip`` strips what ``str.strip`` strips)."""
+    return values.astype("string").str.strip()
+
+
 def _as_string_ids(series: pd.Series) -> pd.Series:
     """Ids stay as the source wrote them; only whole-number floats lose their '.0'."""
     if pd.api.types.is_float_dtype(series):
         whole = series.dropna()
         if (whole == whole.round()).all():
             series = series.astype("Int64")
-    return series.astype("string").str.strip()
+    return normalise_ids(series)
 
 
 def to_utc(series: pd.Series, unit: str | None = None) -> pd.Series:
@@ -102,7 +119,7 @@ def conform_events(df: pd.DataFrame) -> pd.DataFrame:
     for col, dtype in EVENT_COLUMNS.items():
         if col not in df.columns:
             out[col] = pd.Series(pd.NA, index=df.index, dtype=dtype)
-        elif col in ("user_id", "item_id", "session_id"):
+        elif col in ("user_id", "item_id", "session_id", "event_id"):
             out[col] = _as_string_ids(df[col])
         elif col == "event_type":
             out[col] = df[col].astype("string").str.strip().str.lower()
@@ -112,6 +129,15 @@ def conform_events(df: pd.DataFrame) -> pd.DataFrame:
         else:
             out[col] = _as_number(df[col], col, dtype)
     return pd.DataFrame(out, index=df.index).reset_index(drop=True)
+
+
+def derived_event_ids(events: pd.DataFrame) -> pd.Series:
+    """A deterministic id for each conformed event: a hash of user, item, type, timestamp and
+    session, so the same event sent again (same fields, same time) gets the same id."""
+    parts = zip(events["user_id"], events["item_id"], events["event_type"],
+                (t.isoformat() for t in events["timestamp"]), events["session_id"].fillna(""))
+    ids = [hashlib.sha256("\x1f".join(map(str, p)).encode()).hexdigest()[:32] for p in parts]
+    return pd.Series(ids, index=events.index, dtype="string")
 
 
 def _as_number(series: pd.Series, column: str, dtype: str) -> pd.Series:

@@ -10,13 +10,15 @@ the SHA-256 of its text: an unchanged item is never encoded twice.
 from __future__ import annotations
 
 import hashlib
-import os
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from tqdm.auto import tqdm
+
+from shoprec.durable import write_parquet_atomically
 
 EMBEDDING_DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -91,11 +93,8 @@ class EmbeddingCache:
         return len(self._table)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         df = pd.DataFrame({"text_hash": list(self._table), "embedding": [v.tolist() for v in self._table.values()]})
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, self.path)
+        write_parquet_atomically(pa.Table.from_pandas(df, preserve_index=False), self.path)
 
     def embed(self, texts: list[str], encoder: TextEncoder | None = None, progress: bool = False) -> tuple[np.ndarray, int]:
         """Embeddings for ``texts``; returns (matrix, how many were newly encoded)."""

@@ -32,13 +32,13 @@ import pandas as pd
 
 from shoprec.cleaning import DUPLICATE_KEY
 from shoprec.config import Settings
-from shoprec.schema import EVENT_COLUMNS, ITEM_COLUMNS, REQUIRED_EVENT_COLUMNS, conform_events
+from shoprec.schema import EVENT_COLUMNS, ITEM_COLUMNS, REQUIRED_EVENT_COLUMNS, conform_events, normalise_id
 
 IN_CATALOG_COLUMN = "item_in_catalog"  # derived column the GX suite checks for the known-item ratio
 GX_TYPES = {"string": "str", "Float64": "float64", "Int64": "int64", "datetime64[ns, UTC]": "Timestamp", "boolean": "bool"}
 CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"  # what an id may not contain (the "printable" check)
 _CONTROL = re.compile(CONTROL_CHARACTERS)
-ID_COLUMNS = ("user_id", "item_id", "session_id")
+ID_COLUMNS = ("user_id", "item_id", "session_id", "event_id")  # event_id: optional, what makes an event count once
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _parse_id(value: Any) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
         raise TypeError("must be a string")
-    return str(value).strip()
+    return normalise_id(value)
 
 
 def _parse_timestamp(value: Any) -> datetime | None:
@@ -142,6 +142,7 @@ PARSERS = {
     "user_id": _parse_id,
     "item_id": _parse_id,
     "session_id": _parse_id,
+    "event_id": _parse_id,
     "event_type": lambda v: None if _missing(v) else _parse_id(v).lower(),
     "timestamp": _parse_timestamp,
     "price": _parse_number,

@@ -9,6 +9,7 @@ ShopRec starts it (``entrypoints.serving.start_service``) with the shop's own se
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,7 +27,10 @@ from simulator.shop import generate
 from training.pipeline import train_version
 from training.registry import promote
 
-TOKEN = "test-token-123"
+# one token per scope, as long and random as the service demands (shoprec.config.token_problem)
+TOKEN = secrets.token_urlsafe(32)  # SHOPREC_API_TOKEN: every endpoint, /admin included
+READ_TOKEN = secrets.token_urlsafe(32)  # /recommend, /similar_items, /model
+WRITE_TOKEN = secrets.token_urlsafe(32)  # /events
 
 
 def free_port() -> int:
@@ -65,10 +69,12 @@ class RedisServer:
 
 
 def shop_settings(home: Path, redis_port: int) -> Settings:
-    """The settings of a test shop: its own home, Redis online store and token, a fast pointer poll."""
+    """The settings of a test shop: its own home, Redis online store and tokens, a fast pointer poll."""
     return load_settings(
         home=home,
         api_token=TOKEN,
+        read_token=READ_TOKEN,
+        write_token=WRITE_TOKEN,
         online_store={"type": "redis",
                       "redis_connection_string": f"127.0.0.1:{redis_port},db=0,socket_timeout=1,socket_connect_timeout=1"},
         serving={"reload_poll_seconds": 0.5},

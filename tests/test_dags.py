@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import textwrap
@@ -299,7 +300,7 @@ def test_a_task_that_fails_once_recovers_on_retry_and_a_lasting_failure_alerts(
 
 # --- training: a real service to deploy to ----------------------------------------------------
 
-TOKEN = "test-deploy-token"
+TOKEN = secrets.token_urlsafe(32)  # the API token (opens /model and the deploy task's /admin/reload)
 
 
 def free_port() -> int:
@@ -309,7 +310,8 @@ def free_port() -> int:
 
 
 def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
 

@@ -45,7 +45,9 @@ def test_the_demo_configures_itself_through_settings_not_the_environment(home):
     assert dict(os.environ) == before
     assert settings.training.preset == "quick" and settings.hyperparameters.max_epochs == 4
     assert settings.training.num_threads == 1 and settings.airflow.retries == 0
-    assert settings.api_token  # the deploy task's /admin calls need one
+    # a token per scope, each long and random: the deploy task's /admin calls, its smoke test and the demo's reads
+    tokens = {settings.api_token, settings.read_token, settings.write_token}
+    assert len(tokens) == 3 and all(len(token) >= 24 for token in tokens)
     assert all(getattr(settings.compression, key) == value for key, value in DEMO_COMPRESSION_OVERRIDES.items())
     # a child process (Airflow, bentoml serve) loads exactly these settings
     child = child_env(settings)
@@ -55,7 +57,8 @@ def test_the_demo_configures_itself_through_settings_not_the_environment(home):
 
 
 def test_a_configured_token_and_thread_count_are_kept(home):
-    base = load_settings(api_token="operator-token", training={"num_threads": 2})
+    operator_token = "operator-token-" + "k3Yq9ZtW2mPx7vRb"
+    base = load_settings(api_token=operator_token, training={"num_threads": 2})
     settings = demo_settings(base, "full", epochs=10)
-    assert settings.api_token == "operator-token" and settings.training.num_threads == 2
+    assert settings.api_token == operator_token and settings.training.num_threads == 2
     assert settings.training.preset == "full"

@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 from shoprec import lake
 from shoprec.adapters.base import Batch
 from shoprec.config import load_settings
+from shoprec.erasure import request_erasure
 from shoprec.features import store as feast_store
 from shoprec.features import tables
 from shoprec.features.online import FeatureStoreUnavailable, InvalidFeatureRequest, ItemState, OnlineFeatures
@@ -342,16 +343,26 @@ def test_unknown_features_and_absurd_ids_give_clear_errors(online):
     assert online.recent_items(["never-seen"]) == {"never-seen": []}
 
 
-def test_forget_user_erases_online_and_offline_rows(shop, online):
+def test_forget_user_removes_the_online_row_only(shop, online):
+    """The online part of an erasure; the offline files are shoprec.erasure's (tests/test_erasure.py)."""
     settings = shop[0]
     online.push_events(pd.DataFrame({"user_id": ["leaver"], "item_id": ["i1"], "event_type": ["view"], "timestamp": [pd.Timestamp.now(tz="UTC")]}))
     online.push_events(pd.DataFrame({"user_id": ["u3"], "item_id": ["i1"], "event_type": ["view"], "timestamp": [pd.Timestamp.now(tz="UTC")]}))
     assert online.recent_items(["leaver"])["leaver"] == ["i1"]
-    online.forget_user("leaver")
+    assert online.forget_user("leaver") >= 1  # SQLite stores a row per feature
     assert online.recent_items(["leaver"])["leaver"] == []
-    assert "leaver" not in set(lake.read_events(tables.event_log_dir(settings))["user_id"])
-    assert "u3" in set(lake.read_events(tables.event_log_dir(settings))["user_id"])  # others untouched
-    assert online.recent_items(["u3"])["u3"][-1] == "i1"
+    assert online.forget_user("leaver") == 0
+    assert online.recent_items(["u3"])["u3"][-1] == "i1"  # others untouched
+
+
+def test_events_of_an_erased_user_are_never_pushed(shop, online):
+    settings = shop[0]
+    request_erasure(settings, "gone-user")
+    pushed = online.push_events(pd.DataFrame({"user_id": ["gone-user", "u4"], "item_id": ["i1", "i1"],
+                                              "event_type": ["view", "view"], "timestamp": [pd.Timestamp.now(tz="UTC")] * 2}))
+    assert len(pushed.erased) == 1 and len(pushed.written) == 1
+    assert online.recent_items(["gone-user"])["gone-user"] == []
+    assert "gone-user" not in set(lake.read_events(tables.event_log_dir(settings))["user_id"])
 
 
 @pytest.mark.redis

@@ -20,7 +20,7 @@ from shoprec.features.store import materialize
 from shoprec.features.tables import build_tables, event_log_dir
 from shoprec.ingest import ingest
 from shoprec.lake import read_events
-from tests.service_harness import TOKEN, RedisServer, Server, call, prepare_shop, shop_settings
+from tests.service_harness import READ_TOKEN, TOKEN, RedisServer, Server, call, prepare_shop, shop_settings
 from training.artifact import ArtifactError
 from training.registry import POINTER, promote
 
@@ -56,7 +56,7 @@ def settings_of(shop):
 
 # --- /recommend -------------------------------------------------------------------------
 def test_recommend_for_a_known_user(shop, server):
-    status, body = call(server, "POST", "/recommend", {"user_id": known_user(shop), "k": 5})
+    status, body = call(server, "POST", "/recommend", {"user_id": known_user(shop), "k": 5}, token=READ_TOKEN)
     assert status == 200, body
     assert set(body) == {"user_id", "items", "model_version", "fallback"}
     assert body["fallback"] is False and body["model_version"] == shop["version"] and len(body["items"]) == 5
@@ -74,9 +74,9 @@ def test_concurrent_requests_get_the_answers_they_get_alone(shop, server):
     users = shop["events"]["user_id"].drop_duplicates().astype(str).tolist()[:24]
     history = shop["events"]["item_id"].astype(str).tolist()[:3]
     payloads = [{"user_id": u, "k": 5} for u in users] + [{"history": history, "k": 5}, {"user_id": "nobody-at-all"}]
-    alone = [call(server, "POST", "/recommend", p) for p in payloads]
+    alone = [call(server, "POST", "/recommend", p, token=READ_TOKEN) for p in payloads]
     with ThreadPoolExecutor(16) as pool:
-        together = list(pool.map(lambda p: call(server, "POST", "/recommend", p), payloads))
+        together = list(pool.map(lambda p: call(server, "POST", "/recommend", p, token=READ_TOKEN), payloads))
     for (status_a, a), (status_t, t) in zip(alone, together):
         assert status_a == status_t == 200
         assert (a["user_id"], a["fallback"]) == (t["user_id"], t["fallback"])
@@ -98,7 +98,7 @@ def test_recommend_excludes_seen_items_and_unavailable_ones(shop, server):
     user = known_user(shop)
     seen = set(shop["events"].loc[shop["events"]["user_id"] == user, "item_id"])
     unavailable = set(shop["items"].loc[~shop["items"]["available"].fillna(True).astype(bool), "item_id"])
-    _, body = call(server, "POST", "/recommend", {"user_id": user, "k": 50})
+    _, body = call(server, "POST", "/recommend", {"user_id": user, "k": 50}, token=READ_TOKEN)
     ids = {i["item_id"] for i in body["items"]}
     assert not ids & unavailable
     assert not ids & seen
@@ -107,7 +107,7 @@ def test_recommend_excludes_seen_items_and_unavailable_ones(shop, server):
 def test_anonymous_history_and_reason_names_a_viewed_title(shop, server):
     items = shop["items"].dropna(subset=["title"])
     history = items["item_id"].head(3).tolist()
-    status, body = call(server, "POST", "/recommend", {"history": history, "k": 3})
+    status, body = call(server, "POST", "/recommend", {"history": history, "k": 3}, token=READ_TOKEN)
     assert status == 200 and body["user_id"] is None and body["fallback"] is False
     titles = set(items["title"].head(3))
     assert all(any(t in i["reason"] for t in titles) for i in body["items"])
@@ -115,7 +115,7 @@ def test_anonymous_history_and_reason_names_a_viewed_title(shop, server):
 
 @pytest.mark.parametrize("payload", [{"user_id": "nobody-ever"}, {"history": []}, {"history": ["no-such-item"]}])
 def test_unknown_user_or_empty_history_gets_trending(server, payload):
-    status, body = call(server, "POST", "/recommend", {**payload, "k": 4})
+    status, body = call(server, "POST", "/recommend", {**payload, "k": 4}, token=READ_TOKEN)
     assert status == 200 and body["fallback"] is True and len(body["items"]) == 4
     assert all(i["reason"] == "trending now" for i in body["items"])
 
@@ -136,7 +136,7 @@ def test_unknown_user_or_empty_history_gets_trending(server, payload):
     ],
 )
 def test_bad_recommend_requests_get_clear_errors(server, raw, status, message):
-    got, body = call(server, "POST", "/recommend", raw=raw)
+    got, body = call(server, "POST", "/recommend", raw=raw, token=READ_TOKEN)
     assert got == status and message in json.dumps(body)
 
 
@@ -146,6 +146,7 @@ def declared_oversize_request(server: Server, size: int) -> tuple[int, dict]:
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as conn:
         conn.sendall(f"POST /recommend HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Authorization: Bearer {READ_TOKEN}\r\n"
                      f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode() + b'{"history": ["aaaa')
         reply = b""
         while chunk := conn.recv(65536):
@@ -157,32 +158,32 @@ def declared_oversize_request(server: Server, size: int) -> tuple[int, dict]:
 def test_oversized_body_and_non_json_are_refused(server):
     status, body = declared_oversize_request(server, 2_000_000)
     assert status == 422 and "larger than" in body["error"]
-    status, body = call(server, "POST", "/recommend", raw=b"user_id=u1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, body = call(server, "POST", "/recommend", raw=b"user_id=u1", headers={"Content-Type": "application/x-www-form-urlencoded"}, token=READ_TOKEN)
     assert status == 415
 
 
 @pytest.mark.parametrize("evil", ["' OR 1=1; DROP TABLE users; --", "<script>alert(1)</script>", "../../etc/passwd", "{{7*7}}"])
 def test_injection_like_ids_are_just_unknown_ids(server, evil):
-    status, body = call(server, "POST", "/recommend", {"user_id": evil, "k": 3})
+    status, body = call(server, "POST", "/recommend", {"user_id": evil, "k": 3}, token=READ_TOKEN)
     assert status == 200 and body["fallback"] is True and body["user_id"] == evil
 
 
 # --- /similar_items and /model -----------------------------------------------------------------
 def test_similar_items_of_a_known_item(shop, server):
     item = str(shop["events"]["item_id"].value_counts().index[0])
-    status, body = call(server, "POST", "/similar_items", {"item_id": item, "k": 5})
+    status, body = call(server, "POST", "/similar_items", {"item_id": item, "k": 5}, token=READ_TOKEN)
     assert status == 200 and len(body["items"]) == 5 and item not in {i["item_id"] for i in body["items"]}
 
 
 def test_similar_items_of_a_new_item_with_text_only(server):
-    status, body = call(server, "POST", "/similar_items", {"item_id": "brand-new-1", "k": 3, "text": "Matte red lipstick | lips"})
+    status, body = call(server, "POST", "/similar_items", {"item_id": "brand-new-1", "k": 3, "text": "Matte red lipstick | lips"}, token=READ_TOKEN)
     assert status == 200 and body["source"] == "text" and len(body["items"]) == 3
-    status, body = call(server, "POST", "/similar_items", {"item_id": "no-such-item", "k": 3})
+    status, body = call(server, "POST", "/similar_items", {"item_id": "no-such-item", "k": 3}, token=READ_TOKEN)
     assert status == 404 and "unknown item" in body["error"]
 
 
 def test_model_endpoint_and_builtin_probes(shop, server):
-    status, body = call(server, "GET", "/model")
+    status, body = call(server, "GET", "/model", token=READ_TOKEN)
     assert status == 200 and body["model_version"] == shop["version"] and "metrics" in body
     for probe in ("/livez", "/readyz"):
         assert call(server, "GET", probe)[0] == 200
@@ -201,7 +202,7 @@ def test_writes_need_the_token_and_write_nothing_without_it(shop, server):
         status, _ = call(server, "POST", "/events", {"events": [_event("auth-user", item)]}, token=token)
         assert status == 401
         assert call(server, "POST", "/admin/reload", {}, token=token)[0] == 401
-    _, body = call(server, "POST", "/recommend", {"user_id": "auth-user", "k": 3})
+    _, body = call(server, "POST", "/recommend", {"user_id": "auth-user", "k": 3}, token=READ_TOKEN)
     assert body["fallback"] is True  # nothing was written
 
 
@@ -210,7 +211,7 @@ def test_a_batch_with_one_invalid_event_is_refused_whole(shop, server):
     batch = [_event("half-user", item), _event("half-user", item, "teleport"), {"user_id": "half-user"}]
     status, body = call(server, "POST", "/events", {"events": batch}, token=TOKEN)
     assert status == 422 and [e["index"] for e in body["detail"]] == [1, 2]
-    _, body = call(server, "POST", "/recommend", {"user_id": "half-user", "k": 3})
+    _, body = call(server, "POST", "/recommend", {"user_id": "half-user", "k": 3}, token=READ_TOKEN)
     assert body["fallback"] is True
 
 
@@ -225,11 +226,11 @@ def test_events_with_out_of_range_numbers_are_refused_clearly(shop, server):
 def test_a_click_changes_the_next_recommendation(shop, server):
     user = "fresh-user-1"
     items = shop["events"]["item_id"].value_counts().index
-    before = call(server, "POST", "/recommend", {"user_id": user, "k": 5})[1]
+    before = call(server, "POST", "/recommend", {"user_id": user, "k": 5}, token=READ_TOKEN)[1]
     assert before["fallback"] is True
     status, body = call(server, "POST", "/events", {"events": [_event(user, str(items[5]))]}, token=TOKEN)
     assert status == 200 and body["accepted"] == 1
-    after = call(server, "POST", "/recommend", {"user_id": user, "k": 5})[1]
+    after = call(server, "POST", "/recommend", {"user_id": user, "k": 5}, token=READ_TOKEN)[1]
     assert after["fallback"] is False and after["items"] != before["items"]
     assert str(items[5]) not in {i["item_id"] for i in after["items"]}
 
@@ -238,13 +239,19 @@ def test_forget_user_removes_online_and_offline_data(shop, server):
     user = str(shop["events"]["user_id"].value_counts().index[0])  # the most active lake user
     item = str(shop["events"]["item_id"].iloc[0])
     assert call(server, "POST", "/events", {"events": [_event(user, item)]}, token=TOKEN)[0] == 200
-    assert call(server, "POST", "/recommend", {"user_id": user, "k": 3})[1]["fallback"] is False
+    assert call(server, "POST", "/recommend", {"user_id": user, "k": 3}, token=READ_TOKEN)[1]["fallback"] is False
     status, body = call(server, "POST", "/admin/forget_user", {"user_id": user}, token=TOKEN)
-    assert status == 200 and body["lake_events_removed"] == int((shop["events"]["user_id"] == user).sum())
+    assert status == 202 and body["status"] == "pending", body
+    deadline = time.monotonic() + 60
+    while (job := call(server, "GET", f"/admin/erasures/{body['job_id']}", token=TOKEN)[1])["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["status"] == "done" and job["places"]["lake"]["rows"] == int((shop["events"]["user_id"] == user).sum()), job
+    assert job["places"]["event_log"]["rows"] >= 1 and job["places"]["online_store"]["rows"] >= 1, job
     settings = settings_of(shop)
     for folder in (settings.lake_dir, event_log_dir(settings)):
         assert user not in set(read_events(folder)["user_id"])
-    assert call(server, "POST", "/recommend", {"user_id": user, "k": 3})[1]["fallback"] is True
+    assert call(server, "POST", "/recommend", {"user_id": user, "k": 3}, token=READ_TOKEN)[1]["fallback"] is True
 
 
 def _catalog_batch(shop, folder, unavailable: str, skip_users: set[str]):
@@ -266,7 +273,7 @@ def _answer_without(server, user: str, item: str, seconds: float = 5) -> dict:
     (a worker reuses an item's state for up to a second)."""
     deadline = time.monotonic() + seconds
     while True:
-        answer = call(server, "POST", "/recommend", {"user_id": user, "k": 5})[1]
+        answer = call(server, "POST", "/recommend", {"user_id": user, "k": 5}, token=READ_TOKEN)[1]
         if item not in {i["item_id"] for i in answer["items"]} or time.monotonic() > deadline:
             return answer
         time.sleep(0.2)
@@ -277,8 +284,8 @@ def test_an_item_out_of_stock_leaves_the_next_answer_without_a_model_swap(shop, 
     materialization) brings it online, and the running service drops it within seconds:
     same model, no reload. The features run that follows keeps it that way."""
     user = known_user(shop)
-    before = call(server, "POST", "/recommend", {"user_id": user, "k": 5})[1]
-    loaded = call(server, "GET", "/model")[1]
+    before = call(server, "POST", "/recommend", {"user_id": user, "k": 5}, token=READ_TOKEN)[1]
+    loaded = call(server, "GET", "/model", token=READ_TOKEN)[1]
     gone = before["items"][0]["item_id"]
     settings = settings_of(shop)
     top_user = str(shop["events"]["user_id"].value_counts().index[0])
@@ -287,16 +294,16 @@ def test_an_item_out_of_stock_leaves_the_next_answer_without_a_model_swap(shop, 
     assert report.item_states_pushed == 1  # only the item whose state changed
     after = _answer_without(server, user, gone)
     assert after["model_version"] == before["model_version"] == shop["version"]
-    assert call(server, "GET", "/model")[1]["loaded_at"] == loaded["loaded_at"]  # no swap, no reload
+    assert call(server, "GET", "/model", token=READ_TOKEN)[1]["loaded_at"] == loaded["loaded_at"]  # no swap, no reload
     ids = [i["item_id"] for i in after["items"]]
     assert gone not in ids
     assert ids[:4] == [i["item_id"] for i in before["items"][1:]]  # the rest in order, the next one fills in
-    _, similar = call(server, "POST", "/similar_items", {"item_id": ids[0], "k": 50})
+    _, similar = call(server, "POST", "/similar_items", {"item_id": ids[0], "k": 50}, token=READ_TOKEN)
     assert gone not in {i["item_id"] for i in similar["items"]}
     build_tables(settings)  # the hourly features run: nothing to change, nothing rolled back
     assert materialize(settings).item_state_pushed == 0
     time.sleep(1.1)  # past the state reuse: the answer reads the store again
-    assert [i["item_id"] for i in call(server, "POST", "/recommend", {"user_id": user, "k": 5})[1]["items"]] == ids
+    assert [i["item_id"] for i in call(server, "POST", "/recommend", {"user_id": user, "k": 5}, token=READ_TOKEN)[1]["items"]] == ids
 
 
 def test_deploy_steps_reload_and_smoke_test(shop, server):
@@ -316,7 +323,7 @@ def test_a_bad_model_version_does_not_take_the_service_down(shop, server):
     (bad / "metadata.json").write_text("{not json")
     status, body = call(server, "POST", "/admin/reload", {"version": "v-broken"}, token=TOKEN)
     assert status == 200 and body["status"] == "failed" and body["serving"] == shop["version"]
-    _, info = call(server, "GET", "/model")
+    _, info = call(server, "GET", "/model", token=READ_TOKEN)
     assert info["model_version"] == shop["version"] and info["last_reload_failure"]["version"] == "v-broken"
     status, body = call(server, "POST", "/admin/reload", {"version": "../../etc"}, token=TOKEN)
     assert status == 422 and "version name" in body["error"]
@@ -328,8 +335,8 @@ def test_a_bad_model_version_does_not_take_the_service_down(shop, server):
     (settings.models_dir / POINTER).write_text("v-broken\n")
     try:
         time.sleep(1.5)
-        assert call(server, "POST", "/recommend", {"user_id": known_user(shop), "k": 3})[1]["fallback"] is False
-        assert call(server, "GET", "/model")[1]["model_version"] == shop["version"]
+        assert call(server, "POST", "/recommend", {"user_id": known_user(shop), "k": 3}, token=READ_TOKEN)[1]["fallback"] is False
+        assert call(server, "GET", "/model", token=READ_TOKEN)[1]["model_version"] == shop["version"]
     finally:
         promote(shop["version"], settings)
 
@@ -339,7 +346,7 @@ def test_redis_down_gives_fallback_and_recovers_by_itself(shop, server):
     shop["redis"].kill()
     try:
         for _ in range(3):
-            status, body = call(server, "POST", "/recommend", {"user_id": user, "k": 3})
+            status, body = call(server, "POST", "/recommend", {"user_id": user, "k": 3}, token=READ_TOKEN)
             assert status == 200 and body["fallback"] is True and len(body["items"]) == 3
             assert all(i["reason"] == "popular in the shop" for i in body["items"])
         item = str(shop["items"]["item_id"].iloc[0])
@@ -349,7 +356,7 @@ def test_redis_down_gives_fallback_and_recovers_by_itself(shop, server):
         shop["redis"].start()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        body = call(server, "POST", "/recommend", {"user_id": user, "k": 3})[1]
+        body = call(server, "POST", "/recommend", {"user_id": user, "k": 3}, token=READ_TOKEN)[1]
         if body["fallback"] is False:
             break
         time.sleep(0.2)

@@ -397,6 +397,7 @@ def _call(guard_kwargs, path, headers=(), body_chunks=(b"{}",), method="POST"):
 
 
 GUARD = {"max_body_bytes": 10, "api_token": "s3cret"}
+AUTH = ("authorization", "Bearer s3cret")  # the API token opens /recommend too (scopes: tests/test_auth.py)
 
 
 def test_writes_need_the_bearer_token_and_never_reach_the_app_without_it():
@@ -409,18 +410,18 @@ def test_writes_need_the_bearer_token_and_never_reach_the_app_without_it():
 
 
 def test_oversized_bodies_are_refused_declared_or_streamed():
-    status, body, seen = _call(GUARD, "/recommend", [("content-length", "11")], [b"x" * 11])
+    status, body, seen = _call(GUARD, "/recommend", [AUTH, ("content-length", "11")], [b"x" * 11])
     assert status == 422 and "larger than 10 bytes" in body["error"] and not seen
-    status, body, seen = _call(GUARD, "/recommend", (), [b"x" * 6, b"y" * 6])
+    status, body, seen = _call(GUARD, "/recommend", [AUTH], [b"x" * 6, b"y" * 6])
     assert status == 422 and not seen
-    status, _, seen = _call(GUARD, "/recommend", (), [b"12345", b"678"])
+    status, _, seen = _call(GUARD, "/recommend", [AUTH], [b"12345", b"678"])
     assert status == 200 and seen["body"] == b"12345678"
 
 
 def test_non_json_bodies_are_refused():
-    status, body, seen = _call(GUARD, "/recommend", [("content-type", "application/x-www-form-urlencoded")])
+    status, body, seen = _call(GUARD, "/recommend", [AUTH, ("content-type", "application/x-www-form-urlencoded")])
     assert status == 415 and "application/json" in body["error"] and not seen
-    assert _call(GUARD, "/recommend", [("content-type", "application/json; charset=utf-8")])[0] == 200
+    assert _call(GUARD, "/recommend", [AUTH, ("content-type", "application/json; charset=utf-8")])[0] == 200
 
 
 # --- erasure ----------------------------------------------------------------------------------

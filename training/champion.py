@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from shoprec.config import Settings
+from shoprec.ledger import drop_erased
 from training.artifact import Recommender, load_recommender
 from training.compression.pipeline import compress_recommender
 from training.data import PAD, ItemVocab, feature_store_events, item_counts, load_events, time_split
@@ -118,9 +119,11 @@ def build_training_set(settings: Settings, run_id: str) -> TrainingSet:
 
     def make() -> TrainingSet:
         events, items = load_events("lake", settings)
+        events = drop_erased(events, settings)  # the ledger: no erased user in a run's data
         cutoff = pd.Timestamp(events["timestamp"].quantile(1.0 - settings.promotion.holdout_fraction))
         before = events[events["timestamp"] < cutoff]
         train = feature_store_events(settings, before["user_id"].unique(), cutoff - pd.Timedelta(microseconds=1))
+        train = drop_erased(train, settings)
         events.to_parquet(folder / "events.parquet")
         train.to_parquet(folder / "train_events.parquet")
         items.to_parquet(folder / "items.parquet")

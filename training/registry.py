@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from shoprec.config import Settings
+from shoprec.durable import fsync_path, write_text_atomically
 from shoprec.locks import exclusive_lock
 from training.artifact import ArtifactError, check_version_name, verified_manifest
 from training.artifact.manifest import METADATA, TRAINED, LegacyVariantError, read_manifest
-from training.artifact.writer import fsync_path
 
 POINTER = "PRODUCTION"
 HISTORY = "HISTORY.jsonl"
@@ -180,16 +179,7 @@ def _verified(version: str, settings: Settings) -> dict:
 
 
 def _write_pointer(root: Path, version: str) -> None:
-    tmp = root / f".{POINTER}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(version + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, root / POINTER)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_path(root)
+    write_text_atomically(root / POINTER, version + "\n")
 
 
 def _clear_pointer(root: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 import shutil
 import subprocess
 import time
@@ -53,8 +54,11 @@ def demo_settings(base: Settings, preset: str, epochs: int) -> Settings:
         # a demo shows one pass: a failing task fails at once instead of backing off and retrying
         airflow={"retries": 0},
         compression=DEMO_COMPRESSION_OVERRIDES,
-        # the deploy task hot-swaps the service through its /admin API, which needs a bearer token
-        api_token=base.api_token or secrets.token_urlsafe(24),
+        # a token per scope unless configured: the deploy task hot-swaps the service through /admin
+        # (the API token) and smoke-tests it (the read token); the demo's own /recommend reads too
+        api_token=base.api_token or secrets.token_urlsafe(32),
+        read_token=base.read_token or secrets.token_urlsafe(32),
+        write_token=base.write_token or secrets.token_urlsafe(32),
     )
 
 
@@ -93,11 +97,11 @@ def _run_dag(settings: Settings, dag_id: str, logical_date: datetime, log_path: 
         raise click.ClickException(f"DAG {dag_id} failed; its log: {log_path}")
 
 
-def _recommend(service: RunningService, user_id: str, k: int = 5) -> dict:
+def _recommend(service: RunningService, read_token: str, user_id: str, k: int = 5) -> dict:
     request = urllib.request.Request(
         f"{service.url}/recommend",
         data=json.dumps({"user_id": user_id, "k": k}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {read_token}"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
@@ -161,7 +165,7 @@ def show_recommendation(run: DemoRun, service: RunningService, user: str) -> Non
         service.wait_until_ready(run.settings.serving.workers, timeout_seconds=120)
     except ServiceStartError as error:
         raise click.ClickException(str(error)) from error
-    answer = _recommend(service, user)
+    answer = _recommend(service, run.settings.read_token, user)
     click.echo(f"      POST /recommend {{\"user_id\": \"{user}\", \"k\": 5}} ->")
     click.echo("      " + json.dumps(answer, default=str)[:1500])
     _done(started)
@@ -179,11 +183,24 @@ def start_airflow_ui(run: DemoRun) -> None:
     _done(started)
 
 
+def write_tokens(run: DemoRun) -> Path:
+    """The service's tokens, for calling it by hand, in a file only this user can read (not on the screen)."""
+    path = run.logs / "tokens.env"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    tokens = {"SHOPREC_READ_TOKEN": run.settings.read_token, "SHOPREC_WRITE_TOKEN": run.settings.write_token,
+              "SHOPREC_API_TOKEN": run.settings.api_token}
+    path.write_text("".join(f"export {name}={shlex.quote(token)}\n" for name, token in tokens.items()))
+    return path
+
+
 def print_summary(run: DemoRun, total_started: float) -> None:
     settings = run.settings
     click.secho(f"\nDemo finished in {time.monotonic() - total_started:.0f} s.", bold=True)
     click.echo(f"  Airflow UI:       {ui_url(settings)}  (user admin, password {admin_password(settings)})")
     click.echo(f"  Service API docs: http://localhost:{settings.serving.port}/  (OpenAPI: /docs.json)")
+    click.echo(f"  Service tokens:   {write_tokens(run)}  (source it, then e.g. curl -H \"Authorization: "
+               "Bearer $SHOPREC_READ_TOKEN\" ... /recommend)")
     click.echo(f"  Reports:          {settings.reports_dir}  (validation: {settings.validation_dir})")
 
 

@@ -1,26 +1,28 @@
 """The serving contract: what the service reads from and writes to the online store.
 
-One ``OnlineFeatures`` holds one FeatureStore. Reads: a user's recent events
-(``user_recent_items``) and an item's catalog state (``item_stats``: availability and
-price, pushed when a catalog batch is ingested: ``shoprec.features.store.push_catalog_state``).
-A new event updates the user's sequence through ``sequence.extend_sequence`` (the same rule as the
-batch table) and is written to the feature views fed by the PushSource
-``user_events_push``; the event is first appended to the offline event log, so the next
-``features build`` includes it. A push is a read-modify-write of the user's whole row,
-so updates are serialised per user: across threads, across the service's worker
-processes (a file lock on the host), and across hosts when the online store is Redis (a
-Redis lock). What a valid event or id is, is decided by the rules of
-``shoprec.validation``, nowhere here.
+One ``OnlineFeatures`` holds one FeatureStore (one per thread on SQLite). Reads: a user's
+recent events (``user_recent_items``) and an item's catalog state (``item_stats``:
+availability and price, pushed when a catalog batch is ingested:
+``shoprec.features.store.push_catalog_state``). A new event updates the user's sequence
+through ``sequence.extend_sequence`` (the same rule as the batch table) and is written to
+the feature views fed by the PushSource ``user_events_push``, then appended to the offline
+event log, so the next ``features build`` includes it. A push is a read-modify-write of
+the user's whole row, so updates are serialised per user: across threads, across the
+service's worker processes (a file lock on the host), and across hosts when the online
+store is Redis (a Redis lock); materialization takes the same locks (``store.push_lock``).
+Each event is written once: ``shoprec.features.event_index`` remembers a user's event ids.
+What a valid event or id is, is decided by the rules of ``shoprec.validation``, nowhere here.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import zlib
-from collections import defaultdict
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass, field
 
 import pandas as pd
 import redis
@@ -29,12 +31,20 @@ from feast.infra.online_stores.helpers import _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from shoprec import lake
+from shoprec import lake, ledger
 from shoprec.config import Settings
 from shoprec.features import tables
 from shoprec.features.sequence import SEQUENCE_COLUMNS, extend_sequence
-from shoprec.features.store import feature_store
+from shoprec.features.event_index import EventIndex, RedisEventIndex, SqliteEventIndex
+from shoprec.features.store import (
+    PUSH_LOCK_BUCKETS,
+    PushLockTimeout,
+    feature_store,
+    push_lock,
+    push_lock_bucket,
+)
 from shoprec.locks import exclusive_lock
+from shoprec.schema import derived_event_ids
 from shoprec.validation import InvalidEvents, ValidEvents, accept_events, check_id, id_rules
 
 PUSH_SOURCE = "user_events_push"
@@ -42,13 +52,16 @@ SEQUENCE_REFS = [f"user_recent_items:{c}" for c in SEQUENCE_COLUMNS]
 EVENT_REFS = ["user_recent_items:item_ids", "user_recent_items:event_types"]  # what serving needs
 ITEM_STATE_REFS = ["item_stats:available", "item_stats:price"]  # what serving filters and shows
 USER_VIEWS = ("user_recent_items",)  # the views keyed by user: what erasure deletes
-LOCK_BUCKETS = 64  # users share lock files: a bounded number of files, rare contention
-LOCK_TIMEOUT_S = 10
+LOCK_BUCKETS = PUSH_LOCK_BUCKETS  # users share lock files: a bounded number of files, rare contention
 UNAVAILABLE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, sqlite3.OperationalError, OSError)
 
 
 class FeatureStoreUnavailable(RuntimeError):
     """The online store cannot be reached; the service falls back (e.g. on trending items)."""
+
+
+class OnlineStoreBusy(RuntimeError):
+    """A user's push lock stayed taken (its holder died and the lock has not expired yet): retry."""
 
 
 class InvalidFeatureRequest(ValueError):
@@ -63,14 +76,42 @@ class ItemState:
     price: float | None
 
 
+@dataclass(frozen=True)
+class Pushed:
+    """What a push wrote: the event ids written (online and to the event log) and those that
+    were there already (written before, or repeated in the same push), in input order."""
+
+    written: list[str]
+    duplicates: list[str]
+    erased: list[str] = field(default_factory=list)  # events of users the erasure ledger holds: never written
+
+
 class OnlineFeatures:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.store = feature_store(settings)
+        # Redis clients are thread-safe. Feast's SQLite store keeps one connection per FeatureStore
+        # and writes in transactions on it: request threads sharing one got "cannot start a
+        # transaction within a transaction". So on SQLite each thread opens its own FeatureStore.
+        self._shared_store = feature_store(settings) if settings.online_store.type == "redis" else None
+        self._thread_stores = threading.local()
+        ttl = settings.serving.idempotency_ttl_seconds
+        self.index: EventIndex = (RedisEventIndex(self._redis(), ttl) if self._shared_store is not None
+                                  else SqliteEventIndex(settings.feast_dir / "event_index.db", ttl))
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
+        self._erased_cache: tuple[int | None, frozenset[str]] = (None, frozenset())
         self._known_refs: set[str] = set()
         self._push_views: list[str] | None = None
+
+    @property
+    def store(self):
+        """This thread's FeatureStore (the one store on Redis)."""
+        if self._shared_store is not None:
+            return self._shared_store
+        store = getattr(self._thread_stores, "store", None)
+        if store is None:
+            store = self._thread_stores.store = feature_store(self.settings)
+        return store
 
     # --- reads ----------------------------------------------------------------
     def recent_items(self, user_ids: list[str]) -> dict[str, list[str]]:
@@ -123,28 +164,88 @@ class OnlineFeatures:
         return {i: {n: result[n][k] for n in names} for k, i in enumerate(ids)}
 
     # --- writes ---------------------------------------------------------------
-    def push_events(self, events: ValidEvents | pd.DataFrame) -> None:
-        """Append events to their users' sequences, online now and in the offline log.
+    def push_events(self, events: ValidEvents | pd.DataFrame) -> Pushed:
+        """Append events to their users' sequences, online now and in the offline event log, once.
 
         ``ValidEvents`` (what the service's /events made with ``accept_events``) are trusted;
-        a plain frame is checked with the same rules first."""
+        a plain frame is checked with the same rules first. An event without ``event_id``
+        gets a derived one (``schema.derived_event_ids``). An event whose id this user
+        already has (``event_index``), or that the push repeats, is not written again.
+        Per user, under the user's push lock: the pending record, the online row, the event
+        log, the ids - so a push killed at any point is completed or dropped whole by the
+        user's next push (a retry: ``_finish_pending``)."""
         events = (events if isinstance(events, ValidEvents) else self._accept(events)).frame
         if not len(events):
-            return
-        lake.append_to_log(tables.event_log_dir(self.settings), events)
+            return Pushed([], [])
+        events = events.assign(event_id=events["event_id"].fillna(derived_event_ids(events)))
+        erased = ledger.erased_mask(events["user_id"], self._erased_keys())
+        erased_ids = events.loc[erased.to_numpy(), "event_id"].tolist()
+        events = events[~erased.to_numpy()]
+        if not len(events):
+            return Pushed([], [], erased_ids)
+        duplicate_rows: set[int] = set()
         for user_id, user_events in events.groupby("user_id", sort=True):
             with self._lock(user_id):
-                stored = self.user_sequences([user_id])[user_id]
-                updated = extend_sequence(stored, user_events, self.settings.features.sequence_length)
-                # Redis keeps a row only if its timestamp is newer than the stored one: stamp the
-                # push time, so a late (older) event still replaces the row it was merged into.
-                stamp = max(pd.Timestamp.now(tz="UTC"), updated["timestamps"][-1])
-                row = pd.DataFrame([{"user_id": user_id, **updated, "event_timestamp": stamp}])
-                try:
-                    for view in self._views_fed_by_push():
-                        self.store.write_to_online_store(view, row)
-                except UNAVAILABLE_ERRORS as exc:
-                    raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
+                self._finish_pending(user_id)
+                fresh = user_events.drop_duplicates("event_id")
+                fresh = fresh[~fresh["event_id"].isin(self._index(self.index.seen, user_id, fresh["event_id"].tolist()))]
+                duplicate_rows |= set(user_events.index.difference(fresh.index))
+                if len(fresh):
+                    self._write_user_events(user_id, fresh)
+        ids = events["event_id"].tolist()
+        rows = events.index.tolist()
+        return Pushed([e for r, e in zip(rows, ids) if r not in duplicate_rows],
+                      [e for r, e in zip(rows, ids) if r in duplicate_rows], erased_ids)
+
+    def _erased_keys(self) -> frozenset[str]:
+        """The erasure ledger's keys, read again only when the ledger file changed (a stat per push)."""
+        path = ledger.ledger_path(self.settings)
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+        if self._erased_cache[0] != stamp:
+            self._erased_cache = (stamp, ledger.erased_keys(self.settings))
+        return self._erased_cache[1]
+
+    def _write_user_events(self, user_id: str, fresh: pd.DataFrame) -> None:
+        stored = self.user_sequences([user_id])[user_id]
+        updated = extend_sequence(stored, fresh, self.settings.features.sequence_length)
+        # Redis keeps a row only if its timestamp is newer than the stored one: stamp the
+        # push time, so a late (older) event still replaces the row it was merged into.
+        stamp = max(pd.Timestamp.now(tz="UTC"), updated["timestamps"][-1])
+        row = pd.DataFrame([{"user_id": user_id, **updated, "event_timestamp": stamp}])
+        self._index(self.index.begin, user_id, stamp, fresh)
+        try:
+            for view in self._views_fed_by_push():
+                self.store.write_to_online_store(view, row)
+        except UNAVAILABLE_ERRORS as exc:
+            raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
+        self._append_to_log(fresh)
+        self._index(self.index.commit, user_id, fresh["event_id"].tolist())
+
+    def _finish_pending(self, user_id: str) -> None:
+        """A push of this user that died half way: completed if its online row landed (the user's
+        sequence holds its events), else dropped (nothing of it was written: the log is written
+        after the row; an event too old to stay in the sequence is written again, to the same effect)."""
+        pending = self._index(self.index.pending, user_id)
+        if pending is None:
+            return
+        if _holds(self.user_sequences([user_id])[user_id], pending.events):
+            self._append_to_log(pending.events)
+            self._index(self.index.commit, user_id, pending.events["event_id"].tolist())
+        else:
+            self._index(self.index.drop_pending, user_id)
+
+    def _append_to_log(self, events: pd.DataFrame) -> None:
+        try:
+            lake.append_to_log(tables.event_log_dir(self.settings), events)
+        except OSError as exc:
+            raise FeatureStoreUnavailable(f"event log unwritable: {exc}") from exc
+
+    @staticmethod
+    def _index(call, *args):
+        try:
+            return call(*args)
+        except UNAVAILABLE_ERRORS as exc:
+            raise FeatureStoreUnavailable(f"event index unreachable: {exc}") from exc
 
     def warm_up(self) -> None:
         """Pay a push's first-call costs (registry listings) without writing anything: the first
@@ -165,17 +266,13 @@ class OnlineFeatures:
                 raise InvalidFeatureRequest(f"no feature view is fed by the push source {PUSH_SOURCE!r}; run feast apply")
         return self._push_views
 
-    def forget_user(self, user_id: str) -> None:
-        """Right to erasure: the user's online rows, event log rows and feature-table rows go."""
+    def forget_user(self, user_id: str) -> int:
+        """Right to erasure, the online part: the user's online row goes (how many stored rows went; 0: there was none).
+        Everything offline is ``shoprec.erasure``'s job (outside this lock: a table rewrite
+        could outlast it)."""
         (user_id,) = self._check_ids([user_id])
         with self._lock(user_id):
-            self._delete_online(user_id)
-            lake.drop_user(tables.event_log_dir(self.settings), user_id)
-            for name in USER_VIEWS:
-                path = tables.table_path(self.settings, name)
-                if path.exists():
-                    frame = pd.read_parquet(path)
-                    tables.write_table(frame[frame["user_id"] != user_id], path)
+            return self._delete_online(user_id)
 
     # --- helpers ----------------------------------------------------------------
     @contextmanager
@@ -185,29 +282,36 @@ class OnlineFeatures:
         with thread_lock, ExitStack() as held:
             try:
                 if self.store.config.online_store.type == "redis":
-                    held.enter_context(self._redis().lock(f"shoprec:push-lock:{user_id}", timeout=LOCK_TIMEOUT_S,
-                                                          blocking_timeout=LOCK_TIMEOUT_S))
+                    held.enter_context(push_lock(self.settings, self.store, push_lock_bucket(user_id)))
                 else:
                     held.enter_context(_host_lock(self.settings.home / "locks", user_id))
             except UNAVAILABLE_ERRORS as exc:
                 raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
+            except PushLockTimeout as exc:
+                raise OnlineStoreBusy(str(exc)) from exc
             yield
 
     def _redis(self):
         config = self.store.config
         return self.store._get_provider().online_store._get_client(config.online_store)
 
-    def _delete_online(self, user_id: str) -> None:
+    def _delete_online(self, user_id: str) -> int:
         config = self.store.config
         key = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
         try:
             if config.online_store.type == "redis":
-                self._redis().delete(_redis_key(config.project, key, config.entity_key_serialization_version))
-            else:
-                blob = serialize_entity_key(key, entity_key_serialization_version=config.entity_key_serialization_version)
-                with sqlite3.connect(config.online_store.path) as conn:
-                    for view in USER_VIEWS:
-                        conn.execute(f'DELETE FROM "{config.project}_{view}" WHERE entity_key = ?', (blob,))
+                client = self._redis()
+                deleted = int(client.delete(_redis_key(config.project, key, config.entity_key_serialization_version)))
+                _rewrite_append_only_file(client)
+                return deleted
+            blob = serialize_entity_key(key, entity_key_serialization_version=config.entity_key_serialization_version)
+            deleted = 0
+            with closing(sqlite3.connect(config.online_store.path)) as conn, conn:
+                conn.execute("PRAGMA secure_delete = ON")  # the freed pages are zeroed, not left holding the row
+                present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                for view in [v for v in USER_VIEWS if f"{config.project}_{v}" in present]:  # none: never materialized
+                    deleted = max(deleted, conn.execute(f'DELETE FROM "{config.project}_{view}" WHERE entity_key = ?', (blob,)).rowcount)
+            return deleted
         except UNAVAILABLE_ERRORS as exc:
             raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
 
@@ -236,6 +340,29 @@ class OnlineFeatures:
             return accept_events(events, self.settings)
         except InvalidEvents as exc:
             raise InvalidFeatureRequest(str(exc)) from exc
+
+
+def _rewrite_append_only_file(client, attempts: int = 50) -> None:
+    """Ask Redis to rewrite its append-only file, which still holds the deleted row's writes.
+
+    A rewrite already under way may have forked before the delete: wait for it, then start one."""
+    if client.config_get("appendonly").get("appendonly") != "yes":
+        return
+    for _ in range(attempts):
+        try:
+            client.bgrewriteaof()
+            return
+        except redis.exceptions.ResponseError as exc:
+            if "in progress" not in str(exc):
+                return
+            time.sleep(0.1)
+
+
+def _holds(sequence: dict, events: pd.DataFrame) -> bool:
+    """Whether a user's online sequence holds every one of ``events`` (to the second: what it keeps)."""
+    online = Counter(zip(sequence["item_ids"], sequence["event_types"], (t.floor("s") for t in sequence["timestamps"])))
+    wanted = Counter(zip(events["item_id"], events["event_type"], events["timestamp"].dt.floor("s")))
+    return all(online[k] >= n for k, n in wanted.items())
 
 
 @contextmanager

@@ -18,8 +18,9 @@ seconds, without waiting for new events of the item or the next features run.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
+import zlib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,12 +30,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource, PushSource
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+from redis import exceptions as redis_exceptions
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from tqdm.auto import tqdm
 
 from shoprec.config import FEATURE_REPO_DIR, Settings
+from shoprec.durable import write_text_atomically
 from shoprec.features.tables import TABLES, offline_dir, table_path, with_catalog_state, write_table
+from shoprec.locks import exclusive_lock
 
 PROJECT = "shoprec"
 REPO_MODULES = ("entities", "data_sources", "feature_views")
@@ -42,6 +47,11 @@ HOME_VARIABLE = "${SHOPREC_HOME}"  # what feature_repo/feature_store.yaml leaves
 ITEM_STATE_COLUMNS = ["available", "price"]  # item_stats' catalog state: current, pushed when it changes
 ITEM_STATE_FILE = "item_state_online.parquet"  # the item state last pushed online, per item
 ONE_MICROSECOND = pd.Timedelta(microseconds=1)
+ONE_SECOND = pd.Timedelta(seconds=1)
+USER_VIEWS = ("user_recent_items",)  # keyed by user, written by pushes too: materialized under the push locks
+PUSH_LOCK_BUCKETS = 64  # users share push locks: a bounded number of locks, rare contention
+PUSH_LOCK_TIMEOUT_S = 10
+STORED_STATUSES = (FieldStatus.PRESENT, FieldStatus.NULL_VALUE, FieldStatus.OUTSIDE_MAX_AGE)  # the store has a row
 
 
 @dataclass(frozen=True)
@@ -120,11 +130,8 @@ def write_feast_yaml(settings: Settings) -> Path:
     """Write the settings' feature_store.yaml to ``$SHOPREC_HOME/feast/`` (only when it changed); returns its path."""
     content = feast_yaml(settings)
     path = settings.feast_dir / "feature_store.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != content:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(content)
-        os.replace(tmp, path)
+        write_text_atomically(path, content)
     return path
 
 
@@ -220,8 +227,10 @@ def materialize(
     export) still reach the online store. Without ``start``, the end never moves back
     before what is already materialized: a backfilled hour must not replace newer online
     rows with older ones. Without ``end``, up to now. Re-running an interval writes the
-    same rows again: the online store ends in the same state. Then the items whose
-    catalog state changed are written online (``push_item_state_changes``).
+    same rows again: the online store ends in the same state. A view keyed by user
+    (``USER_VIEWS``) is written under the push locks and never over a newer online row
+    (``_materialize_user_rows``), so a push acknowledged meanwhile stays. Then the items
+    whose catalog state changed are written online (``push_item_state_changes``).
     """
     store = feature_store(settings)
     end_ts = _utc(end) if end is not None else pd.Timestamp.now(tz="UTC")
@@ -240,11 +249,88 @@ def materialize(
             view_start = times.min() if len(times) else end_ts
         chunks = _chunks(view_start, view_end, settings.features.materialize_chunk_days, times)
         rows = 0
+        table = pd.read_parquet(table_path(settings, name)) if name in USER_VIEWS and chunks else None
         for a, b in tqdm(chunks, desc=f"materialize {name}", unit="chunk", disable=not progress):
-            store.materialize(start_date=a.to_pydatetime(), end_date=b.to_pydatetime(), feature_views=[name])
+            if table is None:
+                store.materialize(start_date=a.to_pydatetime(), end_date=b.to_pydatetime(), feature_views=[name])
+            else:
+                _materialize_user_rows(settings, store, view, table, a, b)
             rows += int(((times >= a) & (times < b)).sum())
         views[name] = ViewMaterialized(view_start.isoformat(), view_end.isoformat(), len(chunks), rows)
     return Materialized(end_ts.isoformat(), views, push_item_state_changes(settings, store))
+
+
+def _materialize_user_rows(settings: Settings, store: FeatureStore, view: FeatureView, table: pd.DataFrame,
+                           start: pd.Timestamp, end: pd.Timestamp) -> int:
+    """Feast's materialize for a view keyed by user, except that it never overwrites a newer online row.
+
+    Feast's SQLite store overwrites whatever is stored, and Redis compares timestamps
+    between a read and a later write: either way a materialize that read before a push and
+    wrote after it replaced the push that was just acknowledged. So each user's latest row
+    in [start, end) is written under the same lock as that user's pushes
+    (``push_lock``), and only where the online row is older. Returns the rows written."""
+    times = pd.to_datetime(table["event_timestamp"], utc=True)
+    latest = (table[(times >= start) & (times < end)].assign(event_timestamp=times)
+              .sort_values("event_timestamp", kind="stable").drop_duplicates("user_id", keep="last"))
+    written = 0
+    for bucket, rows in latest.groupby(latest["user_id"].map(push_lock_bucket), sort=True):
+        with push_lock(settings, store, bucket):
+            online = online_row_times(store, view.name, rows["user_id"].tolist())
+            # the online time comes in whole seconds: newer means from the next second on
+            newer = rows[[online[u] is None or t >= online[u] + ONE_SECOND
+                          for u, t in zip(rows["user_id"], rows["event_timestamp"])]]
+            if len(newer):
+                store.write_to_online_store(view.name, newer.reset_index(drop=True))
+                written += len(newer)
+    store.registry.apply_materialization(view, store.project, start.to_pydatetime(), end.to_pydatetime())
+    return written
+
+
+def online_row_times(store: FeatureStore, view: str, user_ids: list[str]) -> dict[str, pd.Timestamp | None]:
+    """The event timestamp of each user's online row in ``view`` (None: no row); whole seconds
+    from SQLite, finer from Redis."""
+    feature = next(f.name for f in store.get_feature_view(view).features)
+    response = store.get_online_features(features=[f"{view}:{feature}"], entity_rows=[{"user_id": u} for u in user_ids])
+    names = list(response.proto.metadata.feature_names.val)
+    stamps = response.proto.results[names.index(feature)].event_timestamps
+    statuses = response.proto.results[names.index(feature)].statuses
+    out: dict[str, pd.Timestamp | None] = {}
+    for user, stamp, status in zip(user_ids, stamps, statuses):
+        stored = status in STORED_STATUSES and (stamp.seconds or stamp.nanos)
+        out[user] = pd.Timestamp(stamp.seconds * 1_000_000_000 + stamp.nanos, tz="UTC") if stored else None
+    return out
+
+
+def push_lock_bucket(user_id: str) -> int:
+    """The push lock a user's writes take (``online._host_lock`` picks the same file)."""
+    return zlib.crc32(user_id.encode()) % PUSH_LOCK_BUCKETS
+
+
+@contextmanager
+def push_lock(settings: Settings, store: FeatureStore, bucket: int):
+    """Serialise the online writes of one bucket of users: between the service's pushes (on
+    every host, with Redis) and materialization. A flock on the host for SQLite, a Redis lock
+    for Redis; ``PushLockTimeout`` when it stays taken (its holder died: it expires)."""
+    if store.config.online_store.type != "redis":
+        with exclusive_lock(settings.home / "locks" / f"push-{bucket}.lock"):
+            yield
+        return
+    client = store._get_provider().online_store._get_client(store.config.online_store)
+    lock = client.lock(f"shoprec:push-lock:{bucket}", timeout=PUSH_LOCK_TIMEOUT_S,
+                       blocking_timeout=PUSH_LOCK_TIMEOUT_S + 1, sleep=0.005)
+    if not lock.acquire():
+        raise PushLockTimeout(f"push lock {bucket} still held after {PUSH_LOCK_TIMEOUT_S + 1} s")
+    try:
+        yield
+    finally:
+        try:
+            lock.release()
+        except redis_exceptions.LockError:  # it expired (a write longer than the timeout): nothing to free
+            pass
+
+
+class PushLockTimeout(RuntimeError):
+    """A push lock stayed taken; the store itself answers (no outage): retry."""
 
 
 def push_item_state_changes(settings: Settings, store: FeatureStore | None = None) -> int:

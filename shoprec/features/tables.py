@@ -19,18 +19,18 @@ service's new-item path read (``text_embedding.EmbeddingCache``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from shoprec import lake
 from shoprec.config import Settings
+from shoprec.durable import write_parquet_atomically
 from shoprec.features.sequence import recent_items_over_time
+from shoprec.ledger import drop_erased
 from shoprec.schema import conform_items, empty_events
 from shoprec.text_embedding import embed_items
 
@@ -56,8 +56,10 @@ def static_time(settings: Settings) -> pd.Timestamp:
 
 
 def all_events(settings: Settings) -> pd.DataFrame:
-    """Lake events plus the real-time event log, de-duplicated, in time order."""
+    """Lake events plus the real-time event log, de-duplicated, in time order, without the
+    events of erased users (``shoprec.ledger``): a late or re-run batch never brings one back."""
     frames = [lake.read_events(settings.lake_dir), lake.read_events(event_log_dir(settings))]
+    frames = [drop_erased(f, settings) for f in frames]
     frames = [f for f in frames if len(f)]
     if not frames:
         return empty_events()
@@ -145,11 +147,8 @@ def encode_item_texts(items: pd.DataFrame, settings: Settings, progress: bool = 
 
 # --- writing ------------------------------------------------------------------------
 def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Atomic Parquet write (temp file + rename): Feast never reads half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-    os.replace(tmp, path)
+    """Durable Parquet write (``shoprec.durable``): Feast never reads half a table."""
+    write_parquet_atomically(pa.Table.from_pandas(frame, preserve_index=False), path)
 
 
 def build_tables(settings: Settings, progress: bool = False) -> BuiltTables:

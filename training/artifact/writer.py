@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from shoprec.durable import fsync_path
 from training.artifact.codec import write_weights
 from training.artifact.manifest import (CONFIG, FORMAT_VERSION, ITEMS, METADATA, RESERVED, TORCH, TRAINED, WEIGHTS,
                                         ArtifactError, check_version_name, payload_files, sealed)
@@ -27,15 +28,6 @@ STAGING_PREFIX = ".staging-"
 
 def new_version(model_name: str) -> str:
     return f"{model_name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a directory's content to disk."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def write_version(models_dir: Path, version: str, write_files: Callable[[Path], None], manifest: dict) -> Path:
