@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,9 +40,15 @@ class RunningService:
         self._wait(lambda: self._answers("/livez"), 1, timeout_seconds, "live")
 
     def wait_until_ready(self, workers: int = 1, timeout_seconds: float = 120.0) -> None:
-        """Until ``/readyz`` (a model serves) answers in a run long enough to have reached every
-        worker: each loads the model on its own, and each answer comes on a new connection."""
-        self._wait(lambda: self._answers("/readyz"), READY_ANSWERS_PER_WORKER * max(1, workers), timeout_seconds, "ready")
+        """Until ``/readyz`` (a model serves) answers for every worker: each loads the model on
+        its own. Answers one at a time can all come from one worker (its event loop accepts
+        every waiting connection), so each check is a burst of concurrent connections."""
+        burst = READY_ANSWERS_PER_WORKER * max(1, workers)
+        with ThreadPoolExecutor(burst) as pool:
+            def all_ready() -> bool:
+                return all(pool.map(lambda _: self._answers("/readyz"), range(burst)))
+
+            self._wait(all_ready, 3 if workers > 1 else 1, timeout_seconds, "ready")
 
     def stop(self, grace_seconds: float = 15.0) -> None:
         stop_process_group(self.process, grace_seconds)

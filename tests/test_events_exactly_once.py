@@ -124,7 +124,8 @@ def test_a_repeated_event_id_is_accepted_once(shop):
     user = new_user("repeat")
     event = make_event(shop, user, 7, event_id="order-17-line-1")
     status, first = post_events(shop, [event])
-    assert status == 200 and first == {"accepted": 1, "duplicates": 0, "written": ["order-17-line-1"], "duplicate_ids": []}
+    assert status == 200 and first == {"accepted": 1, "duplicates": 0, "written": ["order-17-line-1"], "duplicate_ids": [],
+                                    "erased_ids": []}
     other = make_event(shop, user, 8)
     # the same event_id in another request (even with another timestamp), next to a new event
     status, second = post_events(shop, [{**event, "timestamp": other["timestamp"]}, other], str(uuid.uuid4()))

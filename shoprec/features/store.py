@@ -47,7 +47,6 @@ HOME_VARIABLE = "${SHOPREC_HOME}"  # what feature_repo/feature_store.yaml leaves
 ITEM_STATE_COLUMNS = ["available", "price"]  # item_stats' catalog state: current, pushed when it changes
 ITEM_STATE_FILE = "item_state_online.parquet"  # the item state last pushed online, per item
 ONE_MICROSECOND = pd.Timedelta(microseconds=1)
-ONE_SECOND = pd.Timedelta(seconds=1)
 USER_VIEWS = ("user_recent_items",)  # keyed by user, written by pushes too: materialized under the push locks
 PUSH_LOCK_BUCKETS = 64  # users share push locks: a bounded number of locks, rare contention
 PUSH_LOCK_TIMEOUT_S = 10
@@ -268,7 +267,7 @@ def _materialize_user_rows(settings: Settings, store: FeatureStore, view: Featur
     between a read and a later write: either way a materialize that read before a push and
     wrote after it replaced the push that was just acknowledged. So each user's latest row
     in [start, end) is written under the same lock as that user's pushes
-    (``push_lock``), and only where the online row is older. Returns the rows written."""
+    (``push_lock``), and only where the online row is not newer. Returns the rows written."""
     times = pd.to_datetime(table["event_timestamp"], utc=True)
     latest = (table[(times >= start) & (times < end)].assign(event_timestamp=times)
               .sort_values("event_timestamp", kind="stable").drop_duplicates("user_id", keep="last"))
@@ -276,8 +275,11 @@ def _materialize_user_rows(settings: Settings, store: FeatureStore, view: Featur
     for bucket, rows in latest.groupby(latest["user_id"].map(push_lock_bucket), sort=True):
         with push_lock(settings, store, bucket):
             online = online_row_times(store, view.name, rows["user_id"].tolist())
-            # the online time comes in whole seconds: newer means from the next second on
-            newer = rows[[online[u] is None or t >= online[u] + ONE_SECOND
+            # A push stamps its row with the wall clock, later than any event time the table had
+            # then, so a table row older than the online one lost a race and is skipped. A row
+            # as old (SQLite returns whole seconds) is written: a backfill rebuilt that snapshot
+            # with more (older) events, and a re-run writes the same row again.
+            newer = rows[[online[u] is None or t >= online[u]
                           for u, t in zip(rows["user_id"], rows["event_timestamp"])]]
             if len(newer):
                 store.write_to_online_store(view.name, newer.reset_index(drop=True))
