@@ -18,6 +18,7 @@ the DAG files, and only the task that runs a step needs that step's stack.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -38,6 +39,8 @@ __all__ = [
     "validate_and_ingest",
 ]
 
+
+log = logging.getLogger(__name__)
 
 class BatchRefused(RuntimeError):
     """The validation gate refused a batch (it was quarantined); bad data stays bad: no retry."""
@@ -128,7 +131,10 @@ def _data_lock(settings: Settings) -> Iterator[None]:
     crash left half done: a features step never runs while a user is being erased."""
     from shoprec.erasure import data_lock, resume_pending  # heavy (Feast): see the module docstring
 
-    resume_pending(settings)
+    try:
+        resume_pending(settings)
+    except Exception as exc:  # noqa: BLE001 - the ledger keeps the user out of this step's data anyway
+        log.error("an unfinished erasure failed again (it stays in the ledger, retried next run): %s", exc)
     with data_lock(settings):
         yield
 

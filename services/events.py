@@ -80,7 +80,7 @@ class EventIngest:
         now = pd.Timestamp.now(tz="UTC")
         events = self.validate(records, now)  # before the key is claimed: a refused body claims nothing
         if self.features is None or not self.store.should_try():
-            raise RequestError(f"online store unavailable ({self.store.last_error}); nothing was written", status=503)
+            raise RequestError("online store unavailable; nothing was written", status=503)
         claim = self._claim(key, records, now)
         if claim is not None and claim.answer is not None:
             return Replayed(claim.answer)
@@ -96,7 +96,8 @@ class EventIngest:
             raise RequestError(f"online store busy: {exc}; {RETRY_HINT}", status=503) from exc
         except (FeatureStoreUnavailable, *UNAVAILABLE_ERRORS) as exc:
             self.store.failed(exc)
-            raise RequestError(f"online store unavailable: {exc}; {RETRY_HINT}", status=503) from exc
+            # the error's kind only: its text names the store's host
+            raise RequestError(f"online store unavailable ({type(exc).__name__}); {RETRY_HINT}", status=503) from exc
         except (InvalidFeatureRequest, SchemaError, TypeError, ValueError) as exc:
             # the events could not be written as given: the caller's problem, not the store's
             raise RequestError(f"events refused by the feature store: {exc}; {RETRY_HINT}") from exc
@@ -112,7 +113,7 @@ class EventIngest:
             raise RequestError(f"{exc}; nothing was written") from exc
         except UNAVAILABLE_ERRORS as exc:
             self.store.failed(exc)
-            raise RequestError(f"online store unavailable: {exc}; nothing was written", status=503) from exc
+            raise RequestError(f"online store unavailable ({type(exc).__name__}); nothing was written", status=503) from exc
 
     def validate(self, records: list, now: pd.Timestamp | None = None) -> ValidEvents:
         """The request's events, checked against the rules (RequestError 422 with every bad event);

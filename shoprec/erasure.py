@@ -52,6 +52,12 @@ from shoprec.locks import exclusive_lock
 log = logging.getLogger(__name__)
 
 SKIPPED_FOLDERS = ("erasure", "locks")  # the ledger itself (hashes only) and lock files
+# Files that hold no user's data, where a text match could only be a coincidence (a user
+# "11" in "date=2026-11-01") and a rewrite would break them: model versions (checksummed),
+# the lake's batch manifests, the registry pointer and history, Feast's and Airflow's own
+# metadata databases.
+INTACT = (("models", "*", "*"), ("lake", "batches", "*"), ("feast", "registry.db"), ("airflow", "airflow.db"))
+OWN_SQLITE = ("event_index.db",)  # the only SQLite files besides the online store that may hold an id
 REDACTED = "[erased]"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 Mask = Callable[[pd.Series], "pd.Series"]
@@ -107,9 +113,11 @@ def _pending_path(settings: Settings, job_id: str) -> Path:
 def request_erasure(settings: Settings, user_id: str) -> ledger.ErasureJob:
     """Record the user in the ledger (from now on no path brings them in) and return the pending job."""
     user_id = ledger.normalise_id(user_id)
-    job = ledger.record(settings, user_id)
-    write_text_atomically(_pending_path(settings, job.job_id), json.dumps({"user_id": user_id}))
-    return job
+    job_id = ledger.new_job_id()
+    # the id record first: a crash before the ledger row leaves a file no job names (swept
+    # with the next job), never a job that cannot run
+    write_text_atomically(_pending_path(settings, job_id), json.dumps({"user_id": user_id}))
+    return ledger.record(settings, user_id, job_id)
 
 
 def run_job(settings: Settings, job_id: str, features: OnlineFeatures | None = None) -> ErasureReport:
@@ -132,9 +140,9 @@ def run_job(settings: Settings, job_id: str, features: OnlineFeatures | None = N
         except Exception as exc:
             ledger.set_status(settings, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
             raise
-        ledger.set_status(settings, job_id, "done", removed=report.removed())
-        pending.unlink()
+        pending.unlink()  # before "done": a crash in between leaves a failed-looking job, not the raw id
         fsync_path(pending.parent)
+        ledger.set_status(settings, job_id, "done", removed=report.removed())
         return report
 
 
@@ -160,7 +168,10 @@ def _erase(settings: Settings, user_id: str, job_id: str, features: OnlineFeatur
     is_user: Mask = lambda ids: ledger.normalise_ids(ids) == user_id  # noqa: E731
     pattern = _quote_pattern(user_id)
     online_db = _online_sqlite_path(settings)
+    _forget_online(settings, user_id, features, report)  # first: no push lands after the files are clean
     for path in _files(settings.home):
+        if _kept_intact(path.relative_to(settings.home)):
+            continue
         place = report.place(_place_of(path, settings))
         suffix = path.suffix.lower()
         if suffix in (".parquet", ".csv"):
@@ -171,12 +182,19 @@ def _erase(settings: Settings, user_id: str, job_id: str, features: OnlineFeatur
             _delete_page(path, pattern, place)
         elif suffix in (".log", ".txt"):
             _scrub_log(path, pattern, place)
-        elif path.resolve() != online_db and _is_sqlite(path):
+        elif path.name in OWN_SQLITE and path.resolve() != online_db and _is_sqlite(path):
             _scrub_sqlite(path, user_id, place)
     if report.places.get("validation", Removed()).files_deleted or report.places.get("quarantine", Removed()).files_deleted:
         report.notes.append("Data Docs pages that quoted the user were deleted, not re-rendered")
-    _forget_online(settings, user_id, features, report)
     return report
+
+
+def _kept_intact(relative: Path) -> bool:
+    parts = relative.parts
+    if parts[:2] == ("models", "runs"):
+        return False  # training sets: user data
+    return any(len(parts) == len(rule) and all(r in ("*", p) for r, p in zip(rule, parts)) for rule in INTACT) \
+        or parts[:1] == ("models",) and len(parts) == 2  # PRODUCTION, HISTORY.jsonl
 
 
 def _forget_online(settings: Settings, user_id: str, features: OnlineFeatures | None, report: ErasureReport) -> None:
@@ -213,10 +231,15 @@ def _place_of(path: Path, settings: Settings) -> str:
     return parts[0]
 
 
+# what may stand right before or after a quoted id: a user "11" is quoted in 'user "11"' or
+# "(11, ...)", but not in "2026-11-01", "i11" or "price=11.5"
+_BOUNDARY = r"""\s"'`\[\](){}<>,;|"""
+
+
 def _quote_pattern(user_id: str) -> re.Pattern:
     """The id as a whole token (``u1`` quotes ``u1``, not ``u10``), raw or HTML-escaped."""
     forms = sorted({re.escape(user_id), re.escape(html.escape(user_id))}, key=len, reverse=True)
-    return re.compile(rf"(?<!\w)(?:{'|'.join(forms)})(?!\w)")
+    return re.compile(rf"(?<![^{_BOUNDARY}])(?:{'|'.join(forms)})(?![^{_BOUNDARY}])")
 
 
 def _scrub_table(path: Path, is_user: Mask, place: Removed) -> None:

@@ -81,9 +81,13 @@ def _now() -> str:
     return pd.Timestamp.now(tz="UTC").isoformat()
 
 
-def record(settings: Settings, user_id: str) -> ErasureJob:
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def record(settings: Settings, user_id: str, job_id: str | None = None) -> ErasureJob:
     """Record an erasure request (durably) and return its job, status pending."""
-    job = ErasureJob(uuid.uuid4().hex, user_key(user_id), "pending", _now())
+    job = ErasureJob(job_id or new_job_id(), user_key(user_id), "pending", _now())
     with _connect(settings) as conn:
         conn.execute("INSERT INTO erasures (job_id, user_key, status, requested_at) VALUES (?, ?, ?, ?)",
                      (job.job_id, job.user_key, job.status, job.requested_at))

@@ -27,7 +27,8 @@ from services.resilience import StoreGuard
 from shoprec import lake
 from shoprec.features import store as feature_store_module
 from shoprec.features.online import OnlineFeatures
-from shoprec.features.tables import event_log_dir
+from shoprec.adapters.base import Batch
+from shoprec.features.tables import build_tables, event_log_dir
 from tests.service_harness import READ_TOKEN, WRITE_TOKEN, RedisServer, Server, call, prepare_shop, shop_settings
 
 pytestmark = pytest.mark.slow
@@ -268,6 +269,22 @@ def test_materialize_never_overwrites_a_newer_pushed_row(shop):
     # re-materialize the whole history: the table's row of this user is older than the push
     feature_store_module.materialize(settings, start=pd.Timestamp("2000-01-01", tz="UTC"))
     assert online_counts(settings, [user]).get(key_of(event)) == 1
+
+
+def test_a_build_after_a_push_brings_backfilled_events_online_too(shop):
+    """A table built after a push holds the push's events (the event log) and a late batch's
+    older ones: its row replaces the pushed one, so the backfill reaches serving."""
+    settings = shop["settings"]
+    online = OnlineFeatures(settings)
+    user = new_user("backfill")
+    pushed = make_event(shop, user, 30)
+    online.push_events(pd.DataFrame([pushed]))
+    late = make_event(shop, user, 20)  # older than the pushed event, arriving later in a batch
+    lake.write_batch(settings.lake_dir, Batch.from_frames(pd.DataFrame([late]), None, source="late batch"))
+    time.sleep(1.1)  # online stamps come back in whole seconds
+    build_tables(settings)
+    feature_store_module.materialize(settings, start=pd.Timestamp("2000-01-01", tz="UTC"))
+    assert online_counts(settings, [user]) == {key_of(late): 1, key_of(pushed): 1}
 
 
 def test_materialize_waits_for_a_push_in_flight(shop):

@@ -16,6 +16,7 @@ What a valid event or id is, is decided by the rules of ``shoprec.validation``, 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -47,6 +48,7 @@ from shoprec.locks import exclusive_lock
 from shoprec.schema import derived_event_ids
 from shoprec.validation import InvalidEvents, ValidEvents, accept_events, check_id, id_rules
 
+log = logging.getLogger(__name__)
 PUSH_SOURCE = "user_events_push"
 SEQUENCE_REFS = [f"user_recent_items:{c}" for c in SEQUENCE_COLUMNS]
 EVENT_REFS = ["user_recent_items:item_ids", "user_recent_items:event_types"]  # what serving needs
@@ -99,7 +101,7 @@ class OnlineFeatures:
                                   else SqliteEventIndex(settings.feast_dir / "event_index.db", ttl))
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
-        self._erased_cache: tuple[int | None, frozenset[str]] = (None, frozenset())
+        self._erased_cache: tuple[tuple[int, int] | None, frozenset[str]] = (None, frozenset())
         self._known_refs: set[str] = set()
         self._push_views: list[str] | None = None
 
@@ -186,6 +188,10 @@ class OnlineFeatures:
         duplicate_rows: set[int] = set()
         for user_id, user_events in events.groupby("user_id", sort=True):
             with self._lock(user_id):
+                if ledger.user_key(user_id) in self._erased_keys():  # erased while this push waited for the lock
+                    erased_ids += user_events["event_id"].tolist()
+                    events = events.drop(user_events.index)
+                    continue
                 self._finish_pending(user_id)
                 fresh = user_events.drop_duplicates("event_id")
                 fresh = fresh[~fresh["event_id"].isin(self._index(self.index.seen, user_id, fresh["event_id"].tolist()))]
@@ -200,7 +206,8 @@ class OnlineFeatures:
     def _erased_keys(self) -> frozenset[str]:
         """The erasure ledger's keys, read again only when the ledger file changed (a stat per push)."""
         path = ledger.ledger_path(self.settings)
-        stamp = path.stat().st_mtime_ns if path.exists() else None
+        # WAL mode: a new record lands in the -wal file before the main file changes
+        stamp = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (path, path.with_name(path.name + "-wal")))
         if self._erased_cache[0] != stamp:
             self._erased_cache = (stamp, ledger.erased_keys(self.settings))
         return self._erased_cache[1]
@@ -272,6 +279,7 @@ class OnlineFeatures:
         could outlast it)."""
         (user_id,) = self._check_ids([user_id])
         with self._lock(user_id):
+            self._index(self.index.drop_pending, user_id)  # a crashed push's record holds the events
             return self._delete_online(user_id)
 
     # --- helpers ----------------------------------------------------------------
@@ -343,14 +351,26 @@ class OnlineFeatures:
 
 
 def _rewrite_append_only_file(client, attempts: int = 50) -> None:
-    """Ask Redis to rewrite its append-only file, which still holds the deleted row's writes.
+    """Ask Redis to rewrite its persistence files, which still hold the deleted row: the
+    append-only file (a rewrite) and, where snapshots are configured, the RDB file (a new one).
 
-    A rewrite already under way may have forked before the delete: wait for it, then start one."""
-    if client.config_get("appendonly").get("appendonly") != "yes":
+    A rewrite already under way may have forked before the delete: wait for it, then start one.
+    A managed Redis that refuses CONFIG GET is left to its own retention (logged)."""
+    try:
+        config = client.config_get("appendonly") | client.config_get("save")
+    except redis.exceptions.ResponseError as exc:
+        log.warning("erasure: Redis refused CONFIG GET (%s); its persistence files are its own", exc)
         return
+    if config.get("save"):
+        _retry_in_progress(client.bgsave, attempts)
+    if config.get("appendonly") == "yes":
+        _retry_in_progress(client.bgrewriteaof, attempts)
+
+
+def _retry_in_progress(command, attempts: int) -> None:
     for _ in range(attempts):
         try:
-            client.bgrewriteaof()
+            command()
             return
         except redis.exceptions.ResponseError as exc:
             if "in progress" not in str(exc):

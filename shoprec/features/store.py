@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from shoprec.config import FEATURE_REPO_DIR, Settings
 from shoprec.durable import write_text_atomically
-from shoprec.features.tables import TABLES, offline_dir, table_path, with_catalog_state, write_table
+from shoprec.features.tables import TABLES, offline_dir, table_path, table_read_at, with_catalog_state, write_table
 from shoprec.locks import exclusive_lock
 
 PROJECT = "shoprec"
@@ -249,18 +249,22 @@ def materialize(
         chunks = _chunks(view_start, view_end, settings.features.materialize_chunk_days, times)
         rows = 0
         table = pd.read_parquet(table_path(settings, name)) if name in USER_VIEWS and chunks else None
+        read_at = table_read_at(table_path(settings, name)) if table is not None else None
         for a, b in tqdm(chunks, desc=f"materialize {name}", unit="chunk", disable=not progress):
             if table is None:
                 store.materialize(start_date=a.to_pydatetime(), end_date=b.to_pydatetime(), feature_views=[name])
             else:
-                _materialize_user_rows(settings, store, view, table, a, b)
+                _materialize_user_rows(settings, store, view, table, a, b, read_at)
             rows += int(((times >= a) & (times < b)).sum())
         views[name] = ViewMaterialized(view_start.isoformat(), view_end.isoformat(), len(chunks), rows)
     return Materialized(end_ts.isoformat(), views, push_item_state_changes(settings, store))
 
 
+PUSH_STAMP_RESOLUTION = pd.Timedelta(seconds=1)  # SQLite gives online timestamps in whole seconds
+
+
 def _materialize_user_rows(settings: Settings, store: FeatureStore, view: FeatureView, table: pd.DataFrame,
-                           start: pd.Timestamp, end: pd.Timestamp) -> int:
+                           start: pd.Timestamp, end: pd.Timestamp, read_at: pd.Timestamp | None = None) -> int:
     """Feast's materialize for a view keyed by user, except that it never overwrites a newer online row.
 
     Feast's SQLite store overwrites whatever is stored, and Redis compares timestamps
@@ -275,11 +279,13 @@ def _materialize_user_rows(settings: Settings, store: FeatureStore, view: Featur
     for bucket, rows in latest.groupby(latest["user_id"].map(push_lock_bucket), sort=True):
         with push_lock(settings, store, bucket):
             online = online_row_times(store, view.name, rows["user_id"].tolist())
-            # A push stamps its row with the wall clock, later than any event time the table had
-            # then, so a table row older than the online one lost a race and is skipped. A row
-            # as old (SQLite returns whole seconds) is written: a backfill rebuilt that snapshot
-            # with more (older) events, and a re-run writes the same row again.
+            # A push stamps its row with the wall clock, later than any event time in the table.
+            # The table's row wins when it is as new as the online one (SQLite returns whole
+            # seconds; a re-run writes the same row again), or when the online row was pushed
+            # before the build read its input (the table holds that push's events too, and the
+            # events of batches backfilled since). A push the build did not see stays.
             newer = rows[[online[u] is None or t >= online[u]
+                          or (read_at is not None and online[u] + PUSH_STAMP_RESOLUTION <= read_at)
                           for u, t in zip(rows["user_id"], rows["event_timestamp"])]]
             if len(newer):
                 store.write_to_online_store(view.name, newer.reset_index(drop=True))

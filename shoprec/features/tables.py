@@ -146,13 +146,26 @@ def encode_item_texts(items: pd.DataFrame, settings: Settings, progress: bool = 
 
 
 # --- writing ------------------------------------------------------------------------
-def write_table(frame: pd.DataFrame, path: Path) -> None:
+READ_AT_KEY = b"shoprec_read_at"  # when the build started reading its input (Parquet metadata)
+
+
+def write_table(frame: pd.DataFrame, path: Path, read_at: pd.Timestamp | None = None) -> None:
     """Durable Parquet write (``shoprec.durable``): Feast never reads half a table."""
-    write_parquet_atomically(pa.Table.from_pandas(frame, preserve_index=False), path)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if read_at is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), READ_AT_KEY: read_at.isoformat().encode()})
+    write_parquet_atomically(table, path)
+
+
+def table_read_at(path: Path) -> pd.Timestamp | None:
+    """When the build of the table at ``path`` started reading the lake and the event log."""
+    value = (pq.read_schema(path).metadata or {}).get(READ_AT_KEY)
+    return pd.Timestamp(value.decode()) if value else None
 
 
 def build_tables(settings: Settings, progress: bool = False) -> BuiltTables:
     """Build the feature tables (``TABLES``) from the lake and the event log."""
+    read_at = pd.Timestamp.now(tz="UTC")  # every push acknowledged before this is in the input
     events = all_events(settings)
     items = lake.read_items(settings.lake_dir)
     known_items = set(items["item_id"]) | set(events["item_id"])
@@ -165,7 +178,7 @@ def build_tables(settings: Settings, progress: bool = False) -> BuiltTables:
     }
     encoded = encode_item_texts(items, settings, progress=progress)
     for name, frame in tables.items():
-        write_table(frame, table_path(settings, name))
+        write_table(frame, table_path(settings, name), read_at)
     return BuiltTables(
         events=int(len(events)),
         users=int(events["user_id"].nunique()),
