@@ -147,7 +147,7 @@ def quarantine(path: Path, report: IngestReport, settings: Settings, result: Val
 
 def _report_html(report: IngestReport) -> str:
     items = "".join(f"<li>{html.escape(f)}</li>" for f in report.failures)
-    docs = f'<p><a href="data-docs/index.html">Great Expectations Data Docs</a></p>' if report.docs else ""
+    docs = '<p><a href="data-docs/index.html">Great Expectations Data Docs</a></p>' if report.docs else ""
     return (f"<!doctype html><meta charset='utf-8'><title>Refused batch</title>"
             f"<h1>Refused {html.escape(report.format)} batch</h1><p>source: {html.escape(report.source)}</p>"
             f"<p>failed at: {html.escape(report.stage)}</p><ul>{items}</ul>{docs}")

@@ -28,12 +28,15 @@ import redis
 from entrypoints import steps
 from entrypoints.inbox import inbox_folder
 from shoprec import ledger
-from shoprec.erasure import request_erasure
+from shoprec.adapters.base import Batch
+from shoprec.erasure import request_erasure, run_job
 from shoprec.lake import read_events, write_batch
 from shoprec.schema import conform_events
 from shoprec.validation import check_id, id_rules
 from simulator.shop import generate
 from tests.service_harness import TOKEN, RedisServer, Server, call, prepare_shop, shop_settings
+from tests.test_registry import N_ITEMS, tiny_model
+from training.artifact import load_recommender, save_artifact
 from training.champion import build_training_set
 
 pytestmark = pytest.mark.slow
@@ -214,6 +217,28 @@ def test_an_erased_user_is_nowhere_and_stays_out(shop):
 
 
 # --- without a server ---------------------------------------------------------------------------
+
+
+def test_a_short_numeric_id_leaves_manifests_models_and_other_data_intact(settings):
+    """Erasing user "11" must not touch "2026-11-01" in a manifest, item "11" of a model version,
+    or "i11"; only the user's own rows and whole-token quotes go."""
+    events = pd.DataFrame({"user_id": ["11", "12", "12"], "item_id": ["11", "i11", "11"], "event_type": ["view"] * 3,
+                           "timestamp": ["2026-11-01T10:00:00Z", "2026-11-01T11:00:00Z", "2026-11-01T12:00:00Z"]})
+    write_batch(settings.lake_dir, Batch.from_frames(events, source="numeric ids"))
+    items = ["11", "i11"] + [f"x{i}" for i in range(N_ITEMS - 2)]
+    save_artifact(tiny_model(), items, settings.models_dir, {"protocol": "full"}, version="m-v1")
+    untouched = {p: p.read_bytes() for p in [*settings.lake_dir.joinpath("batches").glob("*.json"),
+                                             *settings.models_dir.joinpath("m-v1").iterdir()]}
+    alerts = settings.alerts_dir / "a.json"
+    alerts.parent.mkdir(parents=True, exist_ok=True)
+    alerts.write_text(json.dumps({"error": "user 11 failed", "run": "2026-11-01", "user": "11"}))
+    report = run_job(settings, request_erasure(settings, "11").job_id)
+    assert report.status == "done"
+    assert {p: p.read_bytes() for p in untouched} == untouched
+    load_recommender("m-v1", settings)  # checksums still hold
+    left = read_events(settings.lake_dir)
+    assert sorted(left["user_id"]) == ["12", "12"] and sorted(left["item_id"]) == ["11", "i11"]
+    assert json.loads(alerts.read_text()) == {"error": "user [erased] failed", "run": "2026-11-01", "user": "[erased]"}
 
 
 def test_a_job_a_crash_left_pending_is_finished_by_the_next_features_run(settings):
