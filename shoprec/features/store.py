@@ -284,9 +284,13 @@ def _materialize_user_rows(settings: Settings, store: FeatureStore, view: Featur
             # seconds; a re-run writes the same row again), or when the online row was pushed
             # before the build read its input (the table holds that push's events too, and the
             # events of batches backfilled since). A push the build did not see stays.
-            newer = rows[[online[u] is None or t >= online[u]
-                          or (read_at is not None and online[u] + PUSH_STAMP_RESOLUTION <= read_at)
-                          for u, t in zip(rows["user_id"], rows["event_timestamp"])]]
+            as_new = [online[u] is None or t >= online[u] for u, t in zip(rows["user_id"], rows["event_timestamp"])]
+            seen_push = [not fresh and read_at is not None and online[u] + PUSH_STAMP_RESOLUTION <= read_at
+                         for fresh, u in zip(as_new, rows["user_id"])]
+            # a row replacing a push is stamped with the build's read time: Redis keeps only newer rows
+            rows = rows.assign(event_timestamp=[read_at if replaces else t
+                                                for replaces, t in zip(seen_push, rows["event_timestamp"])])
+            newer = rows[[a or b for a, b in zip(as_new, seen_push)]]
             if len(newer):
                 store.write_to_online_store(view.name, newer.reset_index(drop=True))
                 written += len(newer)
