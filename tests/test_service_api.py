@@ -325,8 +325,9 @@ def test_a_bad_model_version_does_not_take_the_service_down(shop, server):
     assert status == 200 and body["status"] == "failed" and body["serving"] == shop["version"]
     _, info = call(server, "GET", "/model", token=READ_TOKEN)
     assert info["model_version"] == shop["version"] and info["last_reload_failure"]["version"] == "v-broken"
-    status, body = call(server, "POST", "/admin/reload", {"version": "../../etc"}, token=TOKEN)
-    assert status == 422 and "version name" in body["error"]
+    for not_a_name in ("../../etc", shop["version"] + "\n"):  # a path, a name with a trailing newline
+        status, body = call(server, "POST", "/admin/reload", {"version": not_a_name}, token=TOKEN)
+        assert status == 422 and "version name" in body["error"], (not_a_name, body)
     settings = settings_of(shop)
     with pytest.raises(ArtifactError):
         promote("v-broken", settings)  # the registry refuses it ...
