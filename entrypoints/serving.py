@@ -8,6 +8,7 @@ the settings of the caller, and with ``BENTOML_HOME`` under the ShopRec home.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -39,16 +40,38 @@ class RunningService:
         """Until the server answers ``/livez`` (it does before any model is loaded)."""
         self._wait(lambda: self._answers("/livez"), 1, timeout_seconds, "live")
 
-    def wait_until_ready(self, workers: int = 1, timeout_seconds: float = 120.0) -> None:
-        """Until ``/readyz`` (a model serves) answers for every worker: each loads the model on
-        its own. Answers one at a time can all come from one worker (its event loop accepts
-        every waiting connection), so each check is a burst of concurrent connections."""
+    def wait_until_ready(self, workers: int = 1, token: str = "", timeout_seconds: float = 120.0) -> None:
+        """Until every worker serves a model: each loads it on its own, and answers one at a time
+        can all come from one worker (its event loop accepts every waiting connection). With
+        ``token`` (read or API) the check is exact: ``GET /model`` names its worker, and every
+        one of ``workers`` must have answered with a model; without it, ``/readyz`` in bursts."""
+        if token and workers > 1:
+            self._wait_for_workers(workers, token, timeout_seconds)
+            return
         burst = READY_ANSWERS_PER_WORKER * max(1, workers)
         with ThreadPoolExecutor(burst) as pool:
             def all_ready() -> bool:
                 return all(pool.map(lambda _: self._answers("/readyz"), range(burst)))
 
             self._wait(all_ready, 3 if workers > 1 else 1, timeout_seconds, "ready")
+
+    def _wait_for_workers(self, workers: int, token: str, timeout_seconds: float) -> None:
+        serving: set[int] = set()
+        with ThreadPoolExecutor(READY_ANSWERS_PER_WORKER * workers) as pool:
+            def all_serving() -> bool:
+                answers = pool.map(lambda _: self._model(token), range(READY_ANSWERS_PER_WORKER * workers))
+                serving.update(a["worker"] for a in answers if a and a.get("model_version"))
+                return len(serving) >= workers
+
+            self._wait(all_serving, 1, timeout_seconds, f"serving in all {workers} workers")
+
+    def _model(self, token: str) -> dict | None:
+        request = urllib.request.Request(self.url + "/model", headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=3) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            return None
 
     def stop(self, grace_seconds: float = 15.0) -> None:
         stop_process_group(self.process, grace_seconds)
@@ -107,7 +130,8 @@ def start_service(
     service = RunningService(process, f"http://{host}:{port}", log_path)
     try:
         if wait == "ready":
-            service.wait_until_ready(settings.serving.workers, timeout_seconds)
+            service.wait_until_ready(settings.serving.workers, settings.read_token or settings.api_token,
+                                     timeout_seconds=timeout_seconds)
         elif wait == "live":
             service.wait_until_live(timeout_seconds)
     except BaseException:

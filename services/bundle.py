@@ -13,6 +13,7 @@ swap, a failed version keeps the old one) and answers /model and /admin/reload.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -99,6 +100,7 @@ class ModelInfo:
     n_items: int
     last_reload_failure: dict | None  # version, error (its kind, e.g. "ArtifactError"), at
     online_store_error: str | None  # its kind, e.g. "ConnectionError"
+    worker: int  # the answering worker's process id: each worker loads and swaps on its own
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -134,6 +136,7 @@ class CurrentModel:
             n_items=len(served.catalog.item_ids) if served else 0,
             last_reload_failure=_failure_kind(self.holder.last_failure),
             online_store_error=_error_kind(online_store_error),
+            worker=os.getpid(),
         )
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from shoprec.config import Settings
+from shoprec.locks import exclusive_lock
 from shoprec.schema import normalise_id, normalise_ids  # noqa: F401  (re-exported: the ledger's key rule)
 
 KEY_PREFIX = b"shoprec-user:"  # domain separation: a user key is never the bare hash of an id
@@ -70,7 +71,10 @@ class ErasureJob:
 def _connect(settings: Settings) -> Iterator[sqlite3.Connection]:
     path = ledger_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as conn:
+    # one process at a time: two workers creating the ledger at once got "database is locked"
+    # from the journal-mode switch, which SQLite's busy timeout does not cover
+    with exclusive_lock(path.with_name(path.name + ".lock")), \
+            closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # a recorded request survives a power loss
         conn.execute(_SCHEMA)

@@ -162,7 +162,7 @@ def show_recommendation(run: DemoRun, service: RunningService, user: str) -> Non
     """Step 5: once every worker serves the model, a live answer for one of the shop's users."""
     started = _step(5, "asking the live service for a recommendation")
     try:
-        service.wait_until_ready(run.settings.serving.workers, timeout_seconds=120)
+        service.wait_until_ready(run.settings.serving.workers, run.settings.read_token, timeout_seconds=120)
     except ServiceStartError as error:
         raise click.ClickException(str(error)) from error
     answer = _recommend(service, run.settings.read_token, user)
