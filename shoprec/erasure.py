@@ -1,8 +1,7 @@
 """The right to erasure: remove one user from every place ShopRec writes, and keep them out.
 
 ``request_erasure`` records the user in the ledger (``shoprec.ledger``: a hash, never the
-raw id) and returns a job at once; ``run_job`` does the removal; ``erase_user`` is both in
-one call. A job removes the user from:
+raw id) and returns a job at once; ``run_job`` does the removal. A job removes the user from:
 
 - the online store (SQLite or Redis: ``OnlineFeatures.forget_user``);
 - every Parquet or CSV table under ``SHOPREC_HOME`` with a ``user_id`` column: the lake's
@@ -144,11 +143,6 @@ def run_job(settings: Settings, job_id: str, features: OnlineFeatures | None = N
         fsync_path(pending.parent)
         ledger.set_status(settings, job_id, "done", removed=report.removed())
         return report
-
-
-def erase_user(settings: Settings, user_id: str, features: OnlineFeatures | None = None) -> ErasureReport:
-    """Record and erase ``user_id`` now; returns what was removed where."""
-    return run_job(settings, request_erasure(settings, user_id).job_id, features)
 
 
 def resume_pending(settings: Settings, features: OnlineFeatures | None = None) -> list[ErasureReport]:

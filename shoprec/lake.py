@@ -14,8 +14,6 @@ readers trust only the files some manifest names: a crash between the day files 
 manifest leaves files no reader sees, and writing the batch again completes it. A folder
 without ``batches/`` (the real-time event log) has no manifests: its readers take every
 file. ``write_batch`` creates ``batches/`` before its first data file, so a lake always has one.
-``drop_user`` (the right to erasure) rewrites the event files of the lake, or of any
-folder laid out like it (the real-time event log), without one user's rows.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shoprec.adapters.base import Batch
@@ -49,12 +46,6 @@ log = logging.getLogger(__name__)
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
-    write_parquet_atomically(table, path)
-
-
-def _durable_replace(table: pa.Table, path: Path) -> None:
-    """Replace ``path`` by ``table``: a temp name of its own (two erasures never share one),
-    flushed to disk before the rename, so a crash leaves the old file or the new one."""
     write_parquet_atomically(table, path)
 
 
@@ -182,22 +173,3 @@ def batch_records(lake: Path) -> list[dict]:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             log.warning("ignoring the unreadable batch manifest %s: %s", path, error)
     return records
-
-
-def drop_user(files_dir: Path, user_id: str) -> int:
-    """Delete ``user_id``'s events from every event file under ``files_dir`` (the lake, or the
-    event log laid out like it); a file left empty goes. Returns how many rows went."""
-    removed = 0
-    for path in event_files(Path(files_dir)):
-        table = pq.read_table(path)
-        is_user = pc.fill_null(pc.equal(table["user_id"], user_id), False)
-        hits = pc.sum(is_user).as_py() or 0
-        if not hits:
-            continue
-        kept = table.filter(pc.invert(is_user))
-        if kept.num_rows == 0:
-            path.unlink()
-        else:
-            _durable_replace(kept, path)
-        removed += hits
-    return removed

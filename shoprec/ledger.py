@@ -33,7 +33,6 @@ from shoprec.locks import exclusive_lock
 from shoprec.schema import normalise_id, normalise_ids  # noqa: F401  (re-exported: the ledger's key rule)
 
 KEY_PREFIX = b"shoprec-user:"  # domain separation: a user key is never the bare hash of an id
-STATUSES = ("pending", "running", "done", "failed")
 _SCHEMA = """CREATE TABLE IF NOT EXISTS erasures (
     job_id TEXT PRIMARY KEY, user_key TEXT NOT NULL, status TEXT NOT NULL,
     requested_at TEXT NOT NULL, finished_at TEXT, removed TEXT, error TEXT)"""

@@ -21,11 +21,9 @@ from services.catalog import Catalog, CatalogState, Popularity
 from services.guards import Limits, RequestError, RequestGuard, authorized
 from services.ranking import TRENDING, excluded_items, explain, unit_rows
 from services.resilience import ModelHolder, StoreGuard
-from shoprec.adapters.base import Batch
 from shoprec.config import Settings
 from shoprec.features.online import ItemState
 from shoprec.features.tables import item_stats
-from shoprec.lake import drop_user, read_events, write_batch
 
 LIMITS = Limits(max_k=50, max_history=5, max_events=3, max_id_length=10, max_body_bytes=100)
 
@@ -422,17 +420,3 @@ def test_non_json_bodies_are_refused():
     status, body, seen = _call(GUARD, "/recommend", [AUTH, ("content-type", "application/x-www-form-urlencoded")])
     assert status == 415 and "application/json" in body["error"] and not seen
     assert _call(GUARD, "/recommend", [AUTH, ("content-type", "application/json; charset=utf-8")])[0] == 200
-
-
-# --- erasure ----------------------------------------------------------------------------------
-def test_erasure_removes_only_that_users_events(tmp_path):
-    t = pd.Timestamp("2024-01-01", tz="UTC")
-    events = pd.DataFrame(
-        {"user_id": ["u1", "u2", "u1", "u3"], "item_id": list("abcd"), "event_type": ["view"] * 4,
-         "timestamp": [t, t, t + pd.Timedelta(days=1), t + pd.Timedelta(days=1)]}
-    )
-    write_batch(tmp_path, Batch.from_frames(events))
-
-    assert drop_user(tmp_path, "u1") == 2
-    assert sorted(read_events(tmp_path)["user_id"]) == ["u2", "u3"]
-    assert drop_user(tmp_path, "u1") == 0

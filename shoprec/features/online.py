@@ -20,7 +20,6 @@ import logging
 import sqlite3
 import threading
 import time
-import zlib
 from collections import Counter, defaultdict
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
@@ -38,13 +37,11 @@ from shoprec.features import tables
 from shoprec.features.sequence import SEQUENCE_COLUMNS, extend_sequence
 from shoprec.features.event_index import EventIndex, RedisEventIndex, SqliteEventIndex
 from shoprec.features.store import (
-    PUSH_LOCK_BUCKETS,
     PushLockTimeout,
     feature_store,
     push_lock,
     push_lock_bucket,
 )
-from shoprec.locks import exclusive_lock
 from shoprec.schema import derived_event_ids
 from shoprec.validation import InvalidEvents, ValidEvents, accept_events, check_id, id_rules
 
@@ -54,7 +51,6 @@ SEQUENCE_REFS = [f"user_recent_items:{c}" for c in SEQUENCE_COLUMNS]
 EVENT_REFS = ["user_recent_items:item_ids", "user_recent_items:event_types"]  # what serving needs
 ITEM_STATE_REFS = ["item_stats:available", "item_stats:price"]  # what serving filters and shows
 USER_VIEWS = ("user_recent_items",)  # the views keyed by user: what erasure deletes
-LOCK_BUCKETS = PUSH_LOCK_BUCKETS  # users share lock files: a bounded number of files, rare contention
 UNAVAILABLE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, sqlite3.OperationalError, OSError)
 
 
@@ -288,11 +284,8 @@ class OnlineFeatures:
         with self._locks_guard:
             thread_lock = self._locks[user_id]
         with thread_lock, ExitStack() as held:
-            try:
-                if self.store.config.online_store.type == "redis":
-                    held.enter_context(push_lock(self.settings, self.store, push_lock_bucket(user_id)))
-                else:
-                    held.enter_context(_host_lock(self.settings.home / "locks", user_id))
+            try:  # the lock materialize takes too: a flock on the host (SQLite), a Redis lock (Redis)
+                held.enter_context(push_lock(self.settings, self.store, push_lock_bucket(user_id)))
             except UNAVAILABLE_ERRORS as exc:
                 raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
             except PushLockTimeout as exc:
@@ -383,12 +376,4 @@ def _holds(sequence: dict, events: pd.DataFrame) -> bool:
     online = Counter(zip(sequence["item_ids"], sequence["event_types"], (t.floor("s") for t in sequence["timestamps"])))
     wanted = Counter(zip(events["item_id"], events["event_type"], events["timestamp"].dt.floor("s")))
     return all(online[k] >= n for k, n in wanted.items())
-
-
-@contextmanager
-def _host_lock(folder, user_id: str):
-    """An exclusive flock on one of LOCK_BUCKETS files: serialises a user's pushes between processes of one host."""
-    bucket = zlib.crc32(user_id.encode()) % LOCK_BUCKETS
-    with exclusive_lock(folder / f"push-{bucket}.lock"):
-        yield
 

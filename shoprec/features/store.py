@@ -314,7 +314,7 @@ def online_row_times(store: FeatureStore, view: str, user_ids: list[str]) -> dic
 
 
 def push_lock_bucket(user_id: str) -> int:
-    """The push lock a user's writes take (``online._host_lock`` picks the same file)."""
+    """The push lock bucket of a user: their pushes and the materialization of their row share it."""
     return zlib.crc32(user_id.encode()) % PUSH_LOCK_BUCKETS
 
 
