@@ -1,5 +1,7 @@
 """shoprec_features (hourly): the inbox batches of the hour -> Great Expectations gate -> lake
--> feature tables -> feast apply -> incremental materialization -> the ``shoprec_features`` asset.
+-> feature tables -> feast apply -> incremental materialization -> the ``shoprec_features`` asset;
+beside them, every hour, the real-time event log compacted (one Parquet file per day) before
+the tables are built.
 
 Wiring only: each task calls one step of ``entrypoints.steps``. A batch that fails validation
 is quarantined by the ingest step; the task then fails without retrying (bad data stays bad)
@@ -48,8 +50,13 @@ def shoprec_features():
         except steps.BatchRefused as refused:
             raise AirflowFailException(str(refused)) from refused
 
+    # every hour, batch or not: the log's file count stays bounded however quiet the inbox is
     @task
-    def build_features(ingested: dict) -> dict:
+    def compact_event_log() -> dict:
+        return steps.compact_event_log(load_settings())
+
+    @task
+    def build_features(ingested: dict, compacted: dict) -> dict:
         return steps.build_features(load_settings())
 
     @task
@@ -64,7 +71,7 @@ def shoprec_features():
         return report
 
     ingested = validate_and_ingest(pick_batches())
-    materialize(feast_apply(build_features(ingested)), ingested)
+    materialize(feast_apply(build_features(ingested, compact_event_log())), ingested)
 
 
 shoprec_features()

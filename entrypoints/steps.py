@@ -2,6 +2,7 @@
 them), usable without Airflow (the CLI and the tests call them too).
 
 shoprec_features:  pick_batches -> validate_and_ingest -> build_features -> feast_apply -> materialize
+                   compact_event_log (every hour) -> build_features
 shoprec_training:  enough_new_data -> training_set -> train -> compress -> evaluate -> gate
                    -> release -> deploy -> smoke_test
 
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
     from training.champion import PromotionDecision
 
 __all__ = [
-    "FEATURES_ASSET_NAME", "BatchRefused", "Ingested", "NotServable", "Release", "build_features", "compress",
+    "FEATURES_ASSET_NAME", "BatchRefused", "Ingested", "NotServable", "Release", "build_features",
+    "compact_event_log", "compress",
     "deploy", "enough_new_data", "evaluate", "feast_apply", "gate", "materialize", "pick_batches", "release",
     "release_challenger", "run_settings", "smoke_test", "task_defaults", "train", "training_set",
     "validate_and_ingest",
@@ -95,6 +97,17 @@ def validate_and_ingest(settings: Settings, batches: list[str]) -> Ingested:
         raise BatchRefused("validation refused " + ", ".join(f"{r.source} (quarantined in {r.quarantine})" for r in refused))
     firsts = [datetime.fromisoformat(r.counts["first_event"]) for r in reports if r.counts.get("first_event")]
     return Ingested([r.batch_id for r in reports], sum(int(r.counts["events"]) for r in reports), min(firsts, default=None))
+
+
+def compact_event_log(settings: Settings) -> dict[str, Any]:
+    """The real-time event log folded into one Parquet file per day (``shoprec.event_log.compact``):
+    its file count stays bounded whatever the traffic, each event kept once, erased users' dropped."""
+    from shoprec.event_log import compact  # light, but its callers' imports are heavy: see the module docstring
+    from shoprec.features.tables import event_log_dir  # heavy (the text model): see the module docstring
+    from shoprec.ledger import drop_erased
+
+    with _data_lock(settings):  # never during an erasure: both rewrite the log
+        return compact(event_log_dir(settings), drop=lambda events: drop_erased(events, settings)).to_dict()
 
 
 def build_features(settings: Settings) -> dict[str, Any]:

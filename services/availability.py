@@ -85,7 +85,7 @@ class _Walk:
 
     def __init__(self, problem: Candidates):
         self.problem = problem
-        self.allowed = int((~problem.banned).sum())
+        self.allowed = len(problem.banned) - int(np.count_nonzero(problem.banned))  # no 100,000-item temporary
         self.depth = min(self.allowed, search_depth(problem.k, problem.max_per_category) + _prefetch(problem.k))
         self.order = best_first(problem.scores, problem.banned, self.depth)
 

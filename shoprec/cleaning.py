@@ -57,7 +57,7 @@ def normalise_ids(events: pd.DataFrame, report: CleaningReport) -> pd.DataFrame:
 def normalise_timestamps(events: pd.DataFrame, report: CleaningReport) -> pd.DataFrame:
     """Floor to milliseconds, so the same event from two sources is recognised as a duplicate."""
     floored = events["timestamp"].dt.floor(TIMESTAMP_RESOLUTION)
-    report.timestamps_normalised = int((floored != events["timestamp"]).sum())
+    report.timestamps_normalised += int((floored != events["timestamp"]).sum())
     return events.assign(timestamp=floored)
 
 

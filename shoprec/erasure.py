@@ -5,7 +5,8 @@ raw id) and returns a job at once; ``run_job`` does the removal. A job removes t
 
 - the online store (SQLite or Redis: ``OnlineFeatures.forget_user``);
 - every Parquet or CSV table under ``SHOPREC_HOME`` with a ``user_id`` column: the lake's
-  event files, the real-time event log, the inbox batches, the quarantined input copies,
+  event files, the real-time event log (its day files, and its write-ahead segments through
+  ``event_log.scrub_segment``, under the log's lock), the inbox batches, the quarantined input copies,
   the feature tables, the training sets of ``models/runs/``, anything else laid out so;
 - every JSON (validation results, alerts, run records): values that are or quote the id go;
 - every HTML page quoting the id (Great Expectations Data Docs render samples of the
@@ -42,7 +43,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shoprec import ledger
+from shoprec import event_log, ledger
 from shoprec.config import Settings
 from shoprec.durable import fsync_path, is_temp_file, write_parquet_atomically, write_text_atomically
 from shoprec.features.online import OnlineFeatures
@@ -170,6 +171,8 @@ def _erase(settings: Settings, user_id: str, job_id: str, features: OnlineFeatur
         suffix = path.suffix.lower()
         if suffix in (".parquet", ".csv"):
             _scrub_table(path, is_user, place)
+        elif suffix in event_log.SEGMENT_SUFFIXES:
+            _scrub_segment(path, is_user, place)
         elif suffix in (".json", ".jsonl"):
             _scrub_json(path, pattern, place)
         elif suffix in (".html", ".htm"):
@@ -241,6 +244,13 @@ def _scrub_table(path: Path, is_user: Mask, place: Removed) -> None:
         rows = _scrub_parquet(path, is_user)
     else:
         rows = _scrub_csv(path, is_user)
+    if rows:
+        place.rows += rows
+        place.files_rewritten += 1
+
+
+def _scrub_segment(path: Path, is_user: Mask, place: Removed) -> None:
+    rows = event_log.scrub_segment(path, is_user)
     if rows:
         place.rows += rows
         place.files_rewritten += 1

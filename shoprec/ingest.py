@@ -1,7 +1,14 @@
-"""The ingestion step: read -> conform -> clean -> validate -> lake, or quarantine.
+"""The ingestion step: read -> conform -> validate -> clean -> lake, or quarantine.
 
-The gate judges the batch as delivered (conformed, before cleaning), so cleaning can
-never hide a problem; what reaches the lake is the cleaned batch. A refused batch lands
+A batch is read in bounded chunks (``settings.ingest.chunk_rows``), so a file larger than
+memory ingests: each chunk is conformed, checked by the gate (every row; ``BatchGate`` sums
+the chunks' results) and staged on disk (``shoprec.staging``); once the last chunk passed,
+the batch-wide checks run, DuckDB cleans the staged batch out of core, and the lake writer
+streams it into the day files. The gate judges the batch as delivered (conformed, before
+cleaning), so cleaning can never hide a problem; what reaches the lake is the cleaned batch.
+Any failed chunk refuses the whole batch: nothing of it reaches the lake. The lake does not
+depend on the chunk size (a test ingests one file whole and in small chunks). The batch id
+is the content hash of the conformed events and catalog, the same for any chunking. A refused batch lands
 in ``<quarantine>/<batch id or time-name>/`` with a copy of the raw input, the validation
 result JSON, a Data Docs site (when Great Expectations ran) and a one-page report.html;
 nothing of it is written to the lake. An accepted batch with catalog rows also brings
@@ -12,26 +19,29 @@ within seconds; a catalog-only batch (items, no events) is accepted like any oth
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
 import shutil
-import uuid
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from shoprec import lake
-from shoprec.adapters import read_batch
-from shoprec.adapters.base import Batch
-from shoprec.cleaning import clean_events
 from shoprec.config import Settings
 from shoprec.durable import write_text_atomically
 from shoprec.erasure import drop_erased_from_files, tabular_files
 from shoprec.features.store import push_catalog_state
-from shoprec.ledger import drop_erased
-from shoprec.validation import ValidationResult, validate_batch
+from shoprec.ledger import drop_erased, erased_keys
+from shoprec.adapters import open_source
+from shoprec.reading import ReadOptions
+from shoprec.schema import empty_items, event_row_hashes, item_row_hashes
+from shoprec.staging import Staging
+from shoprec.validation import BatchGate, ValidationResult
 
 
 @dataclass
@@ -50,6 +60,7 @@ class IngestReport:
     docs: str | None = None  # Data Docs index.html
     lake_files: list[str] = field(default_factory=list)
     item_states_pushed: int | None = None  # catalog items written online; None: Feast not set up yet
+    layout: dict = field(default_factory=dict)  # how the source was read (files, delimiter found, columns)
 
     @property
     def ok(self) -> bool:
@@ -78,39 +89,26 @@ class IngestReport:
         return line
 
 
-def count(batch: Batch) -> dict:
-    return {
-        "events": int(len(batch.events)),
-        "users": int(batch.events["user_id"].nunique()),
-        "items": int(batch.events["item_id"].nunique()),
-        "catalog_items": int(len(batch.items)),
-        "titles": int(batch.items["title"].notna().sum()),
-        "first_event": batch.events["timestamp"].min().isoformat() if len(batch.events) else None,
-        "last_event": batch.events["timestamp"].max().isoformat() if len(batch.events) else None,
-    }
+class _ContentDigest:
+    """``Batch.batch_id`` computed chunk by chunk: the row hashes of the events, then of the
+    catalog, fed in order (SHA-256 of a concatenation equals SHA-256 fed in parts)."""
+
+    def __init__(self):
+        self._digest = hashlib.sha256()
+
+    def add_events(self, events: pd.DataFrame) -> None:
+        self._digest.update(event_row_hashes(events))
+
+    def batch_id(self, items: pd.DataFrame) -> str:
+        digest = self._digest.copy()
+        digest.update(item_row_hashes(items))
+        return digest.hexdigest()[:16]
 
 
-def known_catalog(batch: Batch, settings: Settings) -> set[str] | None:
+def known_catalog(items: pd.DataFrame, settings: Settings) -> set[str] | None:
     """The batch's catalog plus the lake's; None when no catalog is known at all."""
-    known = set(batch.items["item_id"].dropna()) | set(lake.read_items(settings.lake_dir)["item_id"].dropna())
+    known = set(items["item_id"].dropna()) | set(lake.read_items(settings.lake_dir)["item_id"].dropna())
     return known or None
-
-
-def _check(batch: Batch, cleaned_events: pd.DataFrame, settings: Settings, docs_dir: Path | None) -> ValidationResult:
-    recent = [r["events"] for r in lake.batch_records(settings.lake_dir)]
-    result = validate_batch(batch.events, batch.items, settings, known_catalog(batch, settings), recent, docs_dir)
-    if result.success and len(batch.events) and len(cleaned_events) == 0:
-        result.success = False
-        result.failures.append("events: cleaning removed every event (all duplicates, bots or outside the k-core)")
-    return result
-
-
-def _read(path: Path, fmt: str, options: dict) -> tuple[Batch | None, str]:
-    """The batch, or None and why it could not be read (any failure of raw input ends here)."""
-    try:
-        return read_batch(fmt, path, **options), ""
-    except Exception as exc:  # noqa: BLE001 - malformed input must be quarantined, not crash the step
-        return None, str(exc) or type(exc).__name__
 
 
 def _quarantine_name(path: Path, batch_id: str | None) -> str:
@@ -129,9 +127,10 @@ def quarantine(path: Path, report: IngestReport, settings: Settings, result: Val
     target.mkdir(parents=True)
     if path.is_dir():
         shutil.copytree(path, target / "input")
-    elif path.exists():
+    else:
         (target / "input").mkdir()
-        shutil.copy2(path, target / "input" / path.name)
+    for source in _input_files(path, report.layout):
+        shutil.copy2(source, target / "input" / source.name)
     drop_erased_from_files(tabular_files(target / "input"), settings)  # the copy keeps no erased user
     if staging is not None and (staging / "data-docs").exists():
         shutil.move(staging / "data-docs", target / "data-docs")
@@ -145,6 +144,16 @@ def quarantine(path: Path, report: IngestReport, settings: Settings, result: Val
     return target
 
 
+def _input_files(path: Path, layout: dict) -> list[Path]:
+    """The raw files of a batch that its path does not already hold: the file itself, the files
+    a glob matched, a ``--catalog`` file (as far as the source was opened; else ``path`` alone)."""
+    named = [Path(f) for part in layout.get("parts", []) for f in part.get("files", [])]
+    named += [Path(f) for f in (layout.get("catalog") or {}).get("files", [])]
+    files = [path] if path.is_file() else []
+    files += [f for f in named if f.is_file() and not (path.is_dir() and f.resolve().is_relative_to(path.resolve()))]
+    return list(dict.fromkeys(files))
+
+
 def _report_html(report: IngestReport) -> str:
     items = "".join(f"<li>{html.escape(f)}</li>" for f in report.failures)
     docs = '<p><a href="data-docs/index.html">Great Expectations Data Docs</a></p>' if report.docs else ""
@@ -153,74 +162,116 @@ def _report_html(report: IngestReport) -> str:
             f"<p>failed at: {html.escape(report.stage)}</p><ul>{items}</ul>{docs}")
 
 
-def _without_erased_users(batch: Batch, settings: Settings) -> tuple[Batch, bool]:
-    """The batch without the events of users the erasure ledger holds, before anything (the gate's
-    samples and Data Docs included) sees them: a re-run or late batch never brings them back.
-    Also whether there were any (then a source file under SHOPREC_HOME is cleaned too)."""
-    events = drop_erased(batch.events, settings)
-    if events is batch.events:
-        return batch, False
-    return Batch(events=events, items=batch.items, source=batch.source, metadata=batch.metadata), True
+class _Refused(Exception):
+    """The batch cannot go on: where (read | validate) and why."""
+
+    def __init__(self, stage: str, failures: list[str], result: ValidationResult | None = None):
+        super().__init__("; ".join(failures))
+        self.stage, self.failures, self.result = stage, failures, result
 
 
-def _run(path, fmt: str, settings: Settings, write: bool, options: dict) -> IngestReport:
+def _run(path, fmt: str, settings: Settings, write: bool, options: ReadOptions | None, catalog: Path | None,
+         catalog_options: ReadOptions | None) -> IngestReport:
     path = Path(path)
     report = IngestReport(status="refused", format=fmt, source=str(path))
-    batch, error = _read(path, fmt, options)
-    if batch is None:
-        report.stage, report.failures = "read", [error]
-        if write:
-            quarantine(path, report, settings, None, None)
-        return report
-    batch, had_erased = _without_erased_users(batch, settings)
+    with tempfile.TemporaryDirectory(prefix="shoprec-staging-", dir=settings.ingest.staging_dir) as folder:
+        folder = Path(folder)
+        try:
+            with Staging(folder / "events", settings.ingest) as staging:
+                checked = _stage_and_check(path, fmt, settings, write, options, catalog, catalog_options,
+                                           staging, report, folder / "data-docs")
+                report.cleaning = staging.clean(settings.cleaning).to_dict()
+                if staging.rows and not report.cleaning["rows_out"]:
+                    raise _Refused("validate", [
+                        "events: cleaning removed every event (all duplicates, bots or outside the k-core)"], checked.result)
+                report.status = "accepted" if write else "valid"
+                report.counts = {**staging.cleaned_counts(), "catalog_items": int(len(checked.items)),
+                                 "titles": int(checked.items["title"].notna().sum())}
+                if write:
+                    _accept(staging, checked, report, settings, folder / "data-docs")
+        except _Refused as refused:
+            report.status, report.stage, report.failures = "refused", refused.stage, refused.failures
+            if write:
+                quarantine(path, report, settings, refused.result, folder)
+    return report
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A batch that passed the gate: its verdict and its catalog (the events wait in staging)."""
+
+    result: ValidationResult
+    items: pd.DataFrame
+
+
+def _open(path: Path, fmt: str, options: ReadOptions | None, catalog: Path | None, catalog_options: ReadOptions | None):
+    try:
+        return open_source(fmt, path, options or ReadOptions(), catalog=catalog, catalog_options=catalog_options)
+    except Exception as exc:  # noqa: BLE001 - malformed input must be quarantined, not crash the step
+        raise _Refused("read", [str(exc) or type(exc).__name__]) from exc
+
+
+def _stage_and_check(path, fmt, settings, write, options, catalog, catalog_options, staging: Staging,
+                     report: IngestReport, docs_dir: Path) -> _Checked:
+    """Read every chunk through the gate into staging; the verdict on the whole batch."""
+    source = _open(path, fmt, options, catalog, catalog_options)
+    report.layout, report.metadata = source.layout.to_dict(), dict(source.metadata)
+    try:
+        items = source.items()
+    except Exception as exc:  # noqa: BLE001 - see _open
+        raise _Refused("read", [str(exc) or type(exc).__name__]) from exc
+    items = empty_items() if items is None else items
+    gate = BatchGate(settings, known_catalog(items, settings), [r["events"] for r in lake.batch_records(settings.lake_dir)])
+    digest, erased = _ContentDigest(), erased_keys(settings)
+    had_erased = False
+    try:
+        for chunk in tqdm(source.event_chunks(settings.ingest.chunk_rows), desc=f"ingest {path.name}", unit=" chunks",
+                          disable=None, leave=False):
+            kept = drop_erased(chunk, settings, keys=erased)  # before the gate, its samples and Data Docs see them
+            had_erased |= kept is not chunk
+            digest.add_events(kept)
+            gate.check_events(kept)
+            staging.append(kept)
+    except Exception as exc:  # noqa: BLE001 - a chunk that cannot be read refuses the whole batch
+        raise _Refused("read", [str(exc) or type(exc).__name__]) from exc
     if had_erased and write and path.resolve().is_relative_to(settings.home.resolve()):
         drop_erased_from_files(tabular_files(path) if path.is_dir() else [path], settings)  # e.g. a late inbox batch
-    report.batch_id, report.metadata = batch.batch_id, batch.metadata
-    cleaned_events, cleaning = clean_events(batch.events, settings.cleaning)
-    report.cleaning = cleaning.to_dict()
-    staging = settings.validation_dir / f".staging-{uuid.uuid4().hex}" if write else None
-    try:
-        result = _check(batch, cleaned_events, settings, staging / "data-docs" if staging else None)
-        if not result.success:
-            report.stage, report.failures = "validate", result.failures
-            if write:
-                quarantine(path, report, settings, result, staging)
-            return report
-        cleaned = Batch(events=cleaned_events, items=batch.items, source=batch.source,
-                        metadata={**batch.metadata, "cleaning": report.cleaning})
-        report.status, report.counts = ("accepted" if write else "valid"), count(cleaned)
-        if write:
-            _accept(cleaned, report, settings, result, staging)
-        return report
-    finally:
-        if staging is not None and staging.exists():
-            shutil.rmtree(staging)
+    report.batch_id = digest.batch_id(items)
+    result = gate.finish(staging.duplicate_rows(), items, docs_dir, judge_events=bool(staging.rows) or not len(items))
+    if not result.success:
+        raise _Refused("validate", result.failures, result)
+    return _Checked(result, items)
 
 
-def _accept(cleaned: Batch, report: IngestReport, settings: Settings, result: ValidationResult, staging: Path) -> None:
-    """Record the passing validation next to the batch id, write the batch to the lake, then
-    push its catalog state online."""
-    report.batch_id = cleaned.batch_id
+def _accept(staging: Staging, checked: _Checked, report: IngestReport, settings: Settings, docs_dir: Path) -> None:
+    """Record the passing validation next to the batch id, stream the cleaned batch into the
+    lake, then push its catalog state online."""
     record_dir = settings.validation_dir / report.batch_id
     if record_dir.exists():
         shutil.rmtree(record_dir)
     record_dir.mkdir(parents=True)
-    if (staging / "data-docs").exists():
-        shutil.move(staging / "data-docs", record_dir / "data-docs")
+    if docs_dir.exists():
+        shutil.move(docs_dir, record_dir / "data-docs")
         report.docs = str(record_dir / "data-docs" / "index.html")
-    body = {**result.to_dict(), "docs": report.docs, "batch_id": report.batch_id}
+    body = {**checked.result.to_dict(), "docs": report.docs, "batch_id": report.batch_id}
     write_text_atomically(record_dir / "validation.json", json.dumps(body, indent=2, default=str))
     report.validation = str(record_dir / "validation.json")
-    report.lake_files = lake.write_batch(settings.lake_dir, cleaned)["files"]
-    if len(cleaned.items):
-        report.item_states_pushed = push_catalog_state(settings, cleaned.items)
+    items = checked.items
+    metadata = {**report.metadata, "cleaning": report.cleaning}
+    report.lake_files = lake.write_stream(settings.lake_dir, report.batch_id, staging.cleaned_batches(), items,
+                                          report.source, metadata)["files"]
+    if len(items):
+        report.item_states_pushed = push_catalog_state(settings, items)
 
 
-def ingest(path, fmt: str, settings: Settings, **options) -> IngestReport:
+def ingest(path, fmt: str, settings: Settings, options: ReadOptions | None = None, *,
+           catalog: Path | None = None, catalog_options: ReadOptions | None = None) -> IngestReport:
     """Ingest one batch: into the lake if it passes the gate, into quarantine if not."""
-    return _run(path, fmt, settings, write=True, options=options)
+    return _run(path, fmt, settings, True, options, catalog, catalog_options)
 
 
-def validate_only(path, fmt: str, settings: Settings, **options) -> IngestReport:
-    """Run the same read, clean and gate without writing anything (``shoprec validate``)."""
-    return _run(path, fmt, settings, write=False, options=options)
+def validate_only(path, fmt: str, settings: Settings, options: ReadOptions | None = None, *,
+                  catalog: Path | None = None, catalog_options: ReadOptions | None = None) -> IngestReport:
+    """Run the same read, gate and cleaning without writing anything (``shoprec validate``,
+    ``shoprec ingest --dry-run``)."""
+    return _run(path, fmt, settings, False, options, catalog, catalog_options)

@@ -12,24 +12,26 @@ replaces files with identical ones (idempotent). Every file is written durably
 leaves a half-written Parquet file in the lake. A batch's manifest is written last and
 readers trust only the files some manifest names: a crash between the day files and the
 manifest leaves files no reader sees, and writing the batch again completes it. A folder
-without ``batches/`` (the real-time event log) has no manifests: its readers take every
-file. ``write_batch`` creates ``batches/`` before its first data file, so a lake always has one.
+without ``batches/`` has no manifests: its readers take every file (the real-time event
+log is ``shoprec.event_log``'s own layout). ``write_batch`` creates ``batches/`` before its first data file, so a lake always has one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shoprec.adapters.base import Batch
-from shoprec.durable import make_dirs, write_parquet_atomically, write_text_atomically
+from shoprec.durable import make_dirs, replacing, write_parquet_atomically, write_text_atomically
 from shoprec.schema import (
     EVENT_ARROW_SCHEMA,
     ITEM_ARROW_SCHEMA,
@@ -41,6 +43,7 @@ from shoprec.schema import (
 
 
 BATCHES = "batches"
+NANOSECONDS_PER_DAY = 86_400 * 10**9
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +53,49 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
 
 
 def write_batch(lake: Path, batch: Batch) -> dict:
-    """Write a validated batch into the lake; returns what was written."""
+    """Write a validated in-memory batch into the lake; returns what was written."""
+    events = batch.events
+    if len(events):  # the day files hold each day's rows in the batch's order
+        events = events.iloc[events["timestamp"].dt.floor("D").argsort(kind="stable")]
+    table = pa.Table.from_pandas(events.reset_index(drop=True), schema=EVENT_ARROW_SCHEMA, preserve_index=False)
+    return write_stream(lake, batch.batch_id, table.to_batches(), batch.items, batch.source, batch.metadata)
+
+
+def write_stream(lake: Path, batch_id: str, events: Iterable[pa.RecordBatch], items: pd.DataFrame,
+                 source: str, metadata: dict) -> dict:
+    """Write a validated batch whose events arrive as record batches ordered by day (the cleaned
+    batch of ``shoprec.staging`` is in time order): one durable file per day, then the catalog,
+    then the manifest. Returns the manifest record."""
     lake = Path(lake)
-    batch_id = batch.batch_id
     make_dirs(lake / BATCHES)  # before any data file: this folder is a lake whose readers honour manifests
     written: list[str] = []
-    events = batch.events
-    if len(events):
-        days = events["timestamp"].dt.floor("D")
-        for day, part in events.groupby(days, sort=True):
-            path = lake / "events" / f"date={day:%Y-%m-%d}" / f"batch-{batch_id}.parquet"
-            table = pa.Table.from_pandas(part.reset_index(drop=True), schema=EVENT_ARROW_SCHEMA, preserve_index=False)
-            _atomic_write(table, path)
-            written.append(str(path.relative_to(lake)))
-    if len(batch.items):
+    rows = 0
+    with ExitStack() as files:
+        day_file: _DayFile | None = None
+        for record_batch in events:
+            for day, part in _split_by_day(record_batch):
+                if day_file is None or day != day_file.day:
+                    if day_file is not None:
+                        day_file.close()
+                    path = lake / "events" / f"date={day:%Y-%m-%d}" / f"batch-{batch_id}.parquet"
+                    if str(path.relative_to(lake)) in written:
+                        raise ValueError(f"events of {day:%Y-%m-%d} arrived after a later day's: write_stream needs them ordered by day")
+                    day_file = files.enter_context(_DayFile(path, day))
+                    written.append(str(path.relative_to(lake)))
+                day_file.write(part)
+                rows += part.num_rows
+        if day_file is not None:
+            day_file.close()
+    if len(items):
         path = lake / "items" / f"batch-{batch_id}.parquet"
-        table = pa.Table.from_pandas(batch.items, schema=ITEM_ARROW_SCHEMA, preserve_index=False)
-        _atomic_write(table, path)
+        _atomic_write(pa.Table.from_pandas(items, schema=ITEM_ARROW_SCHEMA, preserve_index=False), path)
         written.append(str(path.relative_to(lake)))
     record = {
         "batch_id": batch_id,
-        "source": batch.source,
-        "metadata": batch.metadata,
-        "events": int(len(events)),
-        "items": int(len(batch.items)),
+        "source": source,
+        "metadata": metadata,
+        "events": rows,
+        "items": int(len(items)),
         "files": written,
         "written_at": pd.Timestamp.now(tz="UTC").isoformat(),
     }
@@ -81,27 +103,50 @@ def write_batch(lake: Path, batch: Batch) -> dict:
     return record
 
 
+class _DayFile:
+    """One day's Parquet file of a batch, written in parts and committed durably on close."""
+
+    def __init__(self, path: Path, day: pd.Timestamp):
+        self.day = day
+        self._replacing = replacing(path)
+        self._writer: pq.ParquetWriter | None = None
+        self._closed = False
+
+    def __enter__(self) -> "_DayFile":
+        self._writer = pq.ParquetWriter(self._replacing.__enter__(), EVENT_ARROW_SCHEMA)
+        return self
+
+    def write(self, part: pa.RecordBatch) -> None:
+        self._writer.write_batch(part)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+            self._replacing.__exit__(None, None, None)
+
+    def __exit__(self, *exc) -> None:
+        if not self._closed:  # an error before close(): the temp file goes, nothing is committed
+            self._closed = True
+            self._writer.close()
+            self._replacing.__exit__(*exc)
+
+
+def _split_by_day(batch: pa.RecordBatch) -> Iterator[tuple[pd.Timestamp, pa.RecordBatch]]:
+    """Consecutive runs of one UTC day in a record batch (rows without a timestamp are dropped,
+    as the gate refuses them)."""
+    batch = batch.filter(pc.is_valid(batch.column("timestamp")))
+    if not batch.num_rows:
+        return
+    days = pc.divide(batch.column("timestamp").cast(pa.int64()), NANOSECONDS_PER_DAY).to_numpy()
+    starts = [0, *(np.flatnonzero(np.diff(days)) + 1), len(days)]
+    for begin, end in zip(starts[:-1], starts[1:]):
+        yield pd.Timestamp(int(days[begin]) * NANOSECONDS_PER_DAY, tz="UTC"), batch.slice(begin, end - begin)
+
+
 def _write_manifest(lake: Path, record: dict) -> None:
     """The batch's manifest, written last: from now on readers trust its files."""
     write_text_atomically(lake / BATCHES / f"{record['batch_id']}.json", json.dumps(record, indent=2, default=str))
-
-
-def append_to_log(log_dir: Path, events: pd.DataFrame) -> list[Path]:
-    """Append canonical (already conformed) events to an event log laid out like the lake.
-
-    The real-time path: no content hash and no manifest (10 ms of a 1-event push), one
-    file per day named by arrival time, written atomically. Each event keeps its
-    ``event_id``; the push path logs an event once (``features.event_index``), or twice as
-    the identical row when a push killed half way is completed, and readers de-duplicate
-    identical events, so it counts once.
-    """
-    stamp = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
-    written = []
-    for day, part in events.groupby(events["timestamp"].dt.floor("D"), sort=True):
-        path = Path(log_dir) / "events" / f"date={day:%Y-%m-%d}" / f"batch-{stamp}.parquet"
-        _atomic_write(pa.Table.from_pandas(part.reset_index(drop=True), schema=EVENT_ARROW_SCHEMA, preserve_index=False), path)
-        written.append(path)
-    return written
 
 
 def listed_files(folder: Path) -> set[str] | None:

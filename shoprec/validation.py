@@ -23,7 +23,7 @@ import math
 import numbers
 import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -305,23 +305,43 @@ def _schema_expectations(gxe, columns: dict[str, str], extra: Iterable[str] = ()
     return expectations
 
 
-def event_suite_expectations(settings: Settings, recent_sizes: Iterable[int], with_catalog: bool) -> list:
+def event_suite_expectations(settings: Settings, with_catalog: bool) -> list:
+    """The row-level events suite (schema and every rule); it runs on each chunk of a batch."""
     import great_expectations.expectations as gxe  # GX takes seconds to import: only batch validation pays it
 
-    low, high = volume_bounds(settings, recent_sizes)
-    v = settings.validation
     expectations = _schema_expectations(gxe, EVENT_COLUMNS, [IN_CATALOG_COLUMN] if with_catalog else [])
-    expectations += [_row_expectation(gxe, r) for r in event_rules(settings, with_catalog=with_catalog)]
-    expectations += [
-        gxe.ExpectCompoundColumnsToBeUnique(
-            column_list=DUPLICATE_KEY, mostly=1.0 - v.max_duplicate_ratio, ignore_row_if="never",
-            meta={"rule": "duplicate_rate", "message": f"more than {v.max_duplicate_ratio:.0%} of rows are duplicates"}),
-        gxe.ExpectTableRowCountToBeBetween(
-            min_value=low, max_value=high,
-            meta={"rule": "volume", "message": f"event count outside [{low}, {high if high is not None else 'inf'}] "
-                                               "(the bounds from recent batches)"}),
+    return expectations + [_row_expectation(gxe, r) for r in event_rules(settings, with_catalog=with_catalog)]
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    """A check of the whole batch (it needs every chunk's rows): volume, duplicate rate."""
+
+    rule: str
+    message: str
+    success: bool
+    observed: Any
+    unexpected: int | None = None  # rows that fail it, when it counts rows
+
+    def failure_line(self, rows: int) -> str:
+        if self.unexpected is not None:
+            return f"events: {self.message}: {self.unexpected} of {rows} rows"
+        return f"events: {self.message} (observed: {self.observed})"
+
+
+def batch_checks(settings: Settings, rows: int, duplicate_rows: int, recent_sizes: Iterable[int]) -> list[BatchCheck]:
+    """Volume against recent batches, and the share of rows in duplicate groups (every copy
+    counts, as Great Expectations' compound-uniqueness check counts them)."""
+    v = settings.validation
+    low, high = volume_bounds(settings, recent_sizes)
+    volume_ok = rows >= low and (high is None or rows <= high)
+    unique_share = 1.0 - duplicate_rows / rows if rows else 1.0
+    return [
+        BatchCheck("duplicate_rate", f"more than {v.max_duplicate_ratio:.0%} of rows are duplicates",
+                   unique_share >= 1.0 - v.max_duplicate_ratio, round(1.0 - unique_share, 6), duplicate_rows),
+        BatchCheck("volume", f"event count outside [{low}, {high if high is not None else 'inf'}] "
+                             "(the bounds from recent batches)", volume_ok, rows),
     ]
-    return expectations
 
 
 def item_suite_expectations(settings: Settings) -> list:
@@ -365,20 +385,133 @@ def write_data_docs(outcomes: dict, docs_dir: Path) -> Path:
     return index
 
 
-def _failure_line(suite: str, result, rows: int) -> str:
-    meta = result.expectation_config.meta or {}
-    message = meta.get("message") or result.expectation_config.type
+class _Failures:
+    """Failed expectations summed over a batch's chunks: one line per rule, counts of all rows."""
+
+    def __init__(self):
+        self._by_rule: dict[tuple, dict] = {}
+
+    def add(self, suite: str, outcome, first_row: int) -> None:
+        for result in outcome.results:
+            if result.success:
+                continue
+            meta = result.expectation_config.meta or {}
+            column = result.expectation_config.kwargs.get("column")
+            entry = self._by_rule.setdefault((suite, meta.get("rule"), column), {
+                "suite": suite, "message": meta.get("message") or result.expectation_config.type,
+                "schema": meta.get("rule") == "schema", "column": column, "count": None,
+                "examples": [], "rows": [], "observed": None, "error": None})
+            _merge(entry, result, first_row)
+
+    def lines(self, rows: dict[str, int]) -> list[str]:
+        return [_line(entry, rows[entry["suite"]]) for entry in self._by_rule.values()]
+
+
+def _merge(entry: dict, result, first_row: int) -> None:
     if result.exception_info and result.exception_info.get("raised_exception"):
-        return f"{suite}: {message} (check could not run: {result.exception_info.get('exception_message')})"
+        entry["error"] = result.exception_info.get("exception_message")
+        return
     details = result.result or {}
-    column = result.expectation_config.kwargs.get("column")
-    if details.get("unexpected_count") is not None:
-        examples = ", ".join(str(x) for x in (details.get("partial_unexpected_list") or [])[:3])
-        where = f" [{column}]" if meta.get("rule") == "schema" and column else ""
-        return f"{suite}: {message}{where}: {details['unexpected_count']} of {rows} rows" + (f", e.g. {examples}" if examples else "")
-    observed = details.get("observed_value")
-    where = f" [{column}]" if column else ""
-    return f"{suite}: {message}{where} (observed: {observed})"
+    if details.get("unexpected_count") is None:
+        entry["observed"] = details.get("observed_value")
+        return
+    entry["count"] = (entry["count"] or 0) + details["unexpected_count"]
+    entry["examples"] += [str(x) for x in (details.get("partial_unexpected_list") or [])][:3 - len(entry["examples"])]
+    index = details.get("partial_unexpected_index_list") or []
+    entry["rows"] += [first_row + int(i) for i in index if isinstance(i, (int, numbers.Integral))][:3 - len(entry["rows"])]
+
+
+def _line(entry: dict, rows: int) -> str:
+    suite, message = entry["suite"], entry["message"]
+    where = f" [{entry['column']}]" if entry["column"] else ""
+    if entry["error"] is not None:
+        return f"{suite}: {message} (check could not run: {entry['error']})"
+    if entry["count"] is not None:
+        examples = ", ".join(entry["examples"])
+        at = ", ".join(f"{r + 1:,}" for r in entry["rows"])
+        return (f"{suite}: {message}{where if entry['schema'] else ''}: {entry['count']} of {rows} rows"
+                + (f", e.g. {examples}" if examples else "") + (f" (row {at} of the batch)" if at else ""))
+    return f"{suite}: {message}{where} (observed: {entry['observed']})"
+
+
+class BatchGate:
+    """The gate over one batch, fed chunk by chunk: Great Expectations' events suite runs on
+    every chunk (every row is checked, none sampled) and the failures are summed; the checks that
+    need the whole batch (``batch_checks``) and the catalog suite run once in ``finish``.
+
+    ``known_items`` is the catalog the events are checked against (None: no catalog known)."""
+
+    MAX_DOCUMENTED_CHUNKS = 5  # Data Docs pages: the first chunk and failing ones, not hundreds
+
+    def __init__(self, settings: Settings, known_items: set[str] | None = None, recent_sizes: Iterable[int] = ()):
+        import great_expectations as gx  # see event_suite_expectations
+
+        self.settings = settings
+        self.known_items = known_items
+        self.recent_sizes = list(recent_sizes)
+        self._context = _gx_context()
+        self._source = self._context.data_sources.add_pandas("shoprec")
+        self._events_suite = self._context.suites.add(gx.ExpectationSuite(
+            name="events", expectations=event_suite_expectations(settings, known_items is not None)))
+        self._events_batches = self._source.add_dataframe_asset("events").add_batch_definition_whole_dataframe("whole")
+        self._failures = _Failures()
+        self._documented: dict[str, Any] = {}
+        self.rows = 0
+        self.chunks_failed = 0
+
+    def check_events(self, events: pd.DataFrame) -> bool:
+        """Run the events suite on the next chunk (conformed, as delivered); False if it failed."""
+        frame = events.reset_index(drop=True)
+        if self.known_items is not None:
+            in_catalog = frame["item_id"].isin(self.known_items).astype("boolean").mask(frame["item_id"].isna())
+            frame = frame.assign(**{IN_CATALOG_COLUMN: in_catalog})
+        outcome = self._events_batches.get_batch(batch_parameters={"dataframe": frame}).validate(
+            self._events_suite, result_format="SUMMARY")
+        self._failures.add("events", outcome, self.rows)
+        if (not self._documented or not outcome.success) and len(self._documented) < self.MAX_DOCUMENTED_CHUNKS:
+            self._documented[f"events-rows-{self.rows + 1}-{self.rows + len(frame)}"] = outcome
+        self.rows += len(frame)
+        self.chunks_failed += not outcome.success
+        return outcome.success
+
+    def finish(self, duplicate_rows: int, items: pd.DataFrame, docs_dir: Path | None = None,
+               judge_events: bool = True) -> ValidationResult:
+        """The verdict on the whole batch. ``judge_events`` False: a catalog update (items, no
+        events), judged by the catalog suite alone."""
+        checks = batch_checks(self.settings, self.rows, duplicate_rows, self.recent_sizes) if judge_events else []
+        outcomes = dict(self._documented) if judge_events else {}
+        failures = self._failures.lines({"events": self.rows}) if judge_events else []
+        results: dict[str, Any] = {}
+        if judge_events:
+            results["events"] = {
+                "rows": self.rows, "chunks_failed": self.chunks_failed,
+                "batch_checks": [asdict(c) for c in checks],
+                "chunks": {name: o.to_json_dict() for name, o in outcomes.items()},
+            }
+            failures += [c.failure_line(self.rows) for c in checks if not c.success]
+        success = (not judge_events or (self.chunks_failed == 0 and all(c.success for c in checks)))
+        if len(items):
+            outcome = self._validate_items(items)
+            outcomes["items"] = outcome
+            results["items"] = outcome.to_json_dict()
+            failures += self._item_failures(outcome, len(items))
+            success = success and outcome.success
+        docs = write_data_docs(outcomes, docs_dir) if docs_dir is not None else None
+        return ValidationResult(success=success, failures=failures, results=results, docs=docs)
+
+    def _validate_items(self, items: pd.DataFrame):
+        import great_expectations as gx  # see event_suite_expectations
+
+        suite = self._context.suites.add(gx.ExpectationSuite(name="items", expectations=item_suite_expectations(self.settings)))
+        batch = self._source.add_dataframe_asset("items").add_batch_definition_whole_dataframe("whole").get_batch(
+            batch_parameters={"dataframe": items.reset_index(drop=True)})
+        return batch.validate(suite, result_format="SUMMARY")
+
+    @staticmethod
+    def _item_failures(outcome, rows: int) -> list[str]:
+        failures = _Failures()
+        failures.add("items", outcome, 0)
+        return failures.lines({"items": rows})
 
 
 def validate_batch(
@@ -389,38 +522,12 @@ def validate_batch(
     recent_sizes: Iterable[int] = (),
     docs_dir: Path | None = None,
 ) -> ValidationResult:
-    """Run the events (and, if any, catalog) suites; Data Docs go to ``docs_dir`` when given.
+    """The gate on a batch held in memory: ``BatchGate`` with the batch as its one chunk.
 
-    ``known_items`` is the catalog the events are checked against (None: no catalog known).
-    A catalog update (items, no events) is judged by the catalog suite alone.
-    """
-    import great_expectations as gx  # see event_suite_expectations
-
-    context = _gx_context()
-    source = context.data_sources.add_pandas("shoprec")
-    frames, suites = {}, {}
-    if len(events) or not len(items):
-        with_catalog = known_items is not None
-        frames["events"] = events
-        if with_catalog:
-            in_catalog = events["item_id"].isin(known_items).astype("boolean").mask(events["item_id"].isna())
-            frames["events"] = events.assign(**{IN_CATALOG_COLUMN: in_catalog})
-        suites["events"] = event_suite_expectations(settings, recent_sizes, with_catalog)
-    if len(items):
-        frames["items"] = items
-        suites["items"] = item_suite_expectations(settings)
-
-    outcomes, failures = {}, []
-    for name, expectations in suites.items():
-        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole").get_batch(
-            batch_parameters={"dataframe": frames[name]})
-        outcomes[name] = batch.validate(suite, result_format="SUMMARY")
-        failures += [_failure_line(name, r, len(frames[name])) for r in outcomes[name].results if not r.success]
-    docs = write_data_docs(outcomes, docs_dir) if docs_dir is not None else None
-    return ValidationResult(
-        success=all(o.success for o in outcomes.values()),
-        failures=failures,
-        results={name: o.to_json_dict() for name, o in outcomes.items()},
-        docs=docs,
-    )
+    A catalog update (items, no events) is judged by the catalog suite alone."""
+    gate = BatchGate(settings, known_items, recent_sizes)
+    judge_events = bool(len(events)) or not len(items)
+    if judge_events:
+        gate.check_events(events)
+    duplicates = int(events.duplicated(subset=DUPLICATE_KEY, keep=False).sum())
+    return gate.finish(duplicates, items, docs_dir, judge_events=judge_events)

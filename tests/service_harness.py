@@ -87,10 +87,16 @@ def env_for(home: Path, redis_port: int, **extra: str) -> dict[str, str]:
     return child_env(settings, BENTOML_HOME=str(settings.bentoml_home), **extra)
 
 
-def prepare_shop(settings: Settings, n_events: int = 4000, seed: int = 0, epochs: int = 3) -> dict:
-    """Synthetic shop -> lake -> features -> quick model -> production, in ``settings`` (``shop_settings``)."""
-    settings = settings.with_overrides(training={"preset": "quick", "overrides": {"max_epochs": epochs}})
-    batch = generate(n_events, seed=seed)
+def prepare_shop(settings: Settings, n_events: int = 4000, seed: int = 0, epochs: int = 3,
+                 n_items: int | None = None, hyperparameters: dict | None = None) -> dict:
+    """Synthetic shop -> lake -> features -> quick model -> production, in ``settings`` (``shop_settings``).
+
+    ``n_items``: the catalog's size (default: the generator's for ``n_events``, ~n_events / 50);
+    every catalog item is in the model's vocabulary, so a large catalog is scored in full even
+    when few of its items have events. ``hyperparameters``: overrides of the quick preset."""
+    overrides = {"max_epochs": epochs, **(hyperparameters or {})}
+    settings = settings.with_overrides(training={"preset": "quick", "overrides": overrides})
+    batch = generate(n_events, seed=seed, n_items=n_items)
     write_batch(settings.lake_dir, batch)
     build_tables(settings)
     store.apply(settings)

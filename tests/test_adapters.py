@@ -87,7 +87,7 @@ GOOD = b"user_id,item_id,event_type,timestamp\nu1,i1,view,2024-01-01T00:00:00Z\n
         ("types.csv", GOOD.replace(b"2024-01-01T00:00:00Z", b"yesterday"), None, "column 'timestamp': 1 value(s) are not timestamps"),
         ("price.csv", b"user_id,item_id,event_type,timestamp,price\nu1,i1,view,2024-01-01,cheap\n", None, "'price': 1 value(s) are not numbers"),
         ("mapped.csv", GOOD, {"user_id": "visitor"}, "mapped source column(s) not in the file: visitor"),
-        ("events.txt", GOOD, None, "unsupported file type"),
+        ("events.xlsx", GOOD, None, "unsupported file type"),
     ],
 )
 def test_malformed_input_raises_a_clear_input_error(tmp_path, name, content, mapping, message):

@@ -23,7 +23,7 @@ from entrypoints.serving import SERVICE, bentoml_cli
 from services.guards import RequestGuard, Tokens, history_only, scope_of
 from shoprec.config import REPO_ROOT, child_env, load_settings
 from shoprec.features.tables import event_log_dir
-from shoprec.lake import read_events
+from shoprec.event_log import read_events
 from tests.service_harness import (READ_TOKEN, TOKEN, WRITE_TOKEN, RedisServer, Server, call, free_port,
                                    prepare_shop, shop_settings)
 

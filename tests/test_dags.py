@@ -78,6 +78,7 @@ def test_features_graph_is_validate_then_features_then_materialize(dagbag):
     assert edges(dag) == {
         ("pick_batches", "validate_and_ingest"),
         ("validate_and_ingest", "build_features"),
+        ("compact_event_log", "build_features"),  # every hour, batch or not
         ("build_features", "feast_apply"),
         ("feast_apply", "materialize"),
         ("validate_and_ingest", "materialize"),

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from shoprec import lake
+from shoprec import event_log, lake
 from shoprec.adapters.base import Batch
 from shoprec.durable import (STALE_TEMP_AFTER_S, sweep_stale_temp_files, write_bytes_atomically,
                              write_atomically, write_parquet_atomically, write_text_atomically)
@@ -226,12 +226,12 @@ def test_reingesting_a_batch_whose_manifest_write_failed_completes_it(settings, 
     assert len(lake.read_items(settings.lake_dir)) == report.counts["catalog_items"] > 0
 
 
-def test_an_event_log_without_manifests_is_read_whole(settings):
-    """The real-time event log is laid out like the lake but has no manifests: all of it counts."""
+def test_the_real_time_event_log_is_read_whole(settings):
+    """The real-time event log (``shoprec.event_log``: segments, no manifests): all of it counts."""
     log_dir = tables.event_log_dir(settings)
     events = generate(50, seed=4, days=2).events
-    lake.append_to_log(log_dir, events)
-    assert len(lake.read_events(log_dir)) == len(events.drop_duplicates(["user_id", "item_id", "event_type", "timestamp"]))
+    event_log.EventLog(log_dir).append(events)
+    assert len(event_log.read_events(log_dir)) == len(events.drop_duplicates(["user_id", "item_id", "event_type", "timestamp"]))
 
 
 # --- a changed served variant is refused at load ----------------------------------------------

@@ -17,14 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import psutil
-import pyarrow.parquet as pq
 import pytest
 
+from entrypoints import steps
 from services.bundle import CurrentModel
 from services.events import EventIngest
 from services.guards import Limits, RequestError
 from services.resilience import StoreGuard
-from shoprec import lake
+from shoprec import event_log, lake
 from shoprec.features import store as feature_store_module
 from shoprec.features.online import OnlineFeatures
 from shoprec.adapters.base import Batch
@@ -79,11 +79,7 @@ def online_counts(settings, users: list[str]) -> dict[tuple, int]:
 def offline_counts(settings, users: list[str], raw: bool = False) -> dict[tuple, int]:
     """The same in the offline event log: as readers see it, or (``raw``) row by row in its files."""
     folder = event_log_dir(settings)
-    if raw:
-        files = lake.event_files(folder)
-        frame = pd.concat([pq.read_table(f).to_pandas() for f in files]) if files else lake.read_events(folder)
-    else:
-        frame = lake.read_events(folder)
+    frame = event_log.raw_events(folder) if raw else event_log.read_events(folder)
     frame = frame[frame["user_id"].isin(users)]
     keys = zip(frame["user_id"], frame["item_id"], pd.to_datetime(frame["timestamp"], utc=True))
     counts: dict[tuple, int] = {}
@@ -232,14 +228,13 @@ def test_a_huge_quantity_or_a_refused_request_is_a_4xx_and_recommend_still_uses_
 
 # --- the push path, in-process ------------------------------------------------------------
 def test_a_push_that_failed_after_its_online_write_is_completed_once_by_the_retry(shop):
-    """The event log cannot be written (a file stands where the day's folder goes) after the
+    """The event log cannot be written (a file stands where its segments' folder goes) after the
     online row was: 503; the retry finds the pending push landed, logs it and counts it once."""
     settings = shop["settings"]
-    online = OnlineFeatures(settings)
+    online = OnlineFeatures(settings)  # a new writer: it opens a segment of its own
     user = new_user("pending")
     event = make_event(shop, user, 3)
-    day = pd.Timestamp(event["timestamp"]).strftime("%Y-%m-%d")
-    blocker = event_log_dir(settings) / "events" / f"date={day}"
+    blocker = event_log_dir(settings) / event_log.WAL
     moved = blocker.with_name(blocker.name + ".moved")
     if blocker.exists():
         blocker.rename(moved)
@@ -258,6 +253,42 @@ def test_a_push_that_failed_after_its_online_write_is_completed_once_by_the_retr
     assert pushed.written == [] and len(pushed.duplicates) == 1
     assert online_counts(settings, [user]) == {key_of(event): 1}
     assert offline_counts(settings, [user], raw=True) == {key_of(event): 1}
+
+
+def test_compacting_while_clients_stream_events_keeps_each_one_once(shop):
+    """The features DAG's compaction step runs while the service appends: every acknowledged
+    event is in the log once afterwards (raw rows, not only as readers count), in few files."""
+    users = [new_user("compact") for _ in range(6)]
+    sent: list[tuple] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(c: int) -> None:
+        n = 0
+        while not stop.is_set() or n < 10:
+            events = [make_event(shop, users[(c + k) % len(users)], 1000 * c + 3 * n + k) for k in range(3)]
+            status, body = post_events(shop, events, key=str(uuid.uuid4()))
+            assert status == 200 and body["accepted"] == 3, body
+            with lock:
+                sent.extend(key_of(e) for e in events)
+            n += 1
+
+    with ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(client, c) for c in range(4)]
+        reports = []
+        for _ in range(3):
+            time.sleep(0.5)
+            reports.append(steps.compact_event_log(shop["settings"]))
+        stop.set()
+        for r in running:
+            r.result()
+    assert any(r["rows_read"] for r in reports), reports
+    offline = offline_counts(shop["settings"], users, raw=True)
+    assert sorted(offline) == sorted(sent) and set(offline.values()) == {1}
+    steps.compact_event_log(shop["settings"])
+    assert offline_counts(shop["settings"], users, raw=True) == offline
+    days = {p.parent for p in (event_log_dir(shop["settings"]) / "events").rglob("*.parquet")}
+    assert event_log.file_count(event_log_dir(shop["settings"])) == len(days)  # one file per day, no segment
 
 
 def test_materialize_never_overwrites_a_newer_pushed_row(shop):
@@ -305,7 +336,7 @@ def test_a_non_store_error_is_a_4xx_and_leaves_the_store_guard_closed(shop):
     """A bug in the push (a TypeError, as a 2**63 quantity once raised) answers 422 and trips nothing."""
 
     class BrokenPush(OnlineFeatures):
-        def push_events(self, events):
+        def push_records(self, records):
             raise TypeError("int too big to convert")
 
     settings = shop["settings"]

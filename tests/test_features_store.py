@@ -11,13 +11,15 @@ import threading
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import redis
 from feast import FeatureService, FeatureView, Field
 from feast.types import Int64
 from sqlalchemy import create_engine, text
 
-from shoprec import lake
+from shoprec import event_log, lake
 from shoprec.adapters.base import Batch
 from shoprec.config import load_settings
 from shoprec.erasure import request_erasure
@@ -25,6 +27,7 @@ from shoprec.features import store as feast_store
 from shoprec.features import tables
 from shoprec.features.online import FeatureStoreUnavailable, InvalidFeatureRequest, ItemState, OnlineFeatures
 from shoprec.features.sequence import recent_items
+from simulator.shop import generate
 from training.data import feature_store_events
 
 REDIS_DB = 7
@@ -61,7 +64,7 @@ def synthetic_shop() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def backend_settings(backend: str, home, sequence_length: int = SEQ_LEN):
-    overrides = {"home": home, "features": {"sequence_length": sequence_length, "materialize_chunk_days": 2}}
+    overrides = {"home": home, "features": {"sequence_length": sequence_length}}
     if backend == "redis":
         overrides |= {
             "online_store": {"type": "redis", "redis_connection_string": REDIS},
@@ -277,7 +280,7 @@ def test_push_then_read_sees_the_new_event(shop, online):
     online.push_events(pd.DataFrame({"user_id": ["u0"], "item_id": ["i5"], "event_type": ["view"], "timestamp": [now]}))
     seq = online.user_sequences(["u0"])["u0"]
     assert seq["item_ids"][-1] == "i5" and seq["timestamps"][-1] == now and len(seq["item_ids"]) <= SEQ_LEN
-    logged = lake.read_events(tables.event_log_dir(settings))
+    logged = event_log.read_events(tables.event_log_dir(settings))
     assert ((logged["user_id"] == "u0") & (logged["item_id"] == "i5")).any()
 
 
@@ -326,11 +329,11 @@ BAD_EVENTS = {
 def test_malformed_events_are_rejected_and_change_nothing(shop, online, case):
     settings = shop[0]
     before = online.user_sequences(["u1"])
-    log_before = len(lake.read_events(tables.event_log_dir(settings)))
+    log_before = len(event_log.read_events(tables.event_log_dir(settings)))
     with pytest.raises(InvalidFeatureRequest):
         online.push_events(BAD_EVENTS[case])
     assert online.user_sequences(["u1"]) == before
-    assert len(lake.read_events(tables.event_log_dir(settings))) == log_before
+    assert len(event_log.read_events(tables.event_log_dir(settings))) == log_before
 
 
 def test_unknown_features_and_absurd_ids_give_clear_errors(online):
@@ -362,7 +365,7 @@ def test_events_of_an_erased_user_are_never_pushed(shop, online):
                                               "event_type": ["view", "view"], "timestamp": [pd.Timestamp.now(tz="UTC")] * 2}))
     assert len(pushed.erased) == 1 and len(pushed.written) == 1
     assert online.recent_items(["gone-user"])["gone-user"] == []
-    assert "gone-user" not in set(lake.read_events(tables.event_log_dir(settings))["user_id"])
+    assert "gone-user" not in set(event_log.read_events(tables.event_log_dir(settings))["user_id"])
 
 
 @pytest.mark.redis
@@ -399,3 +402,192 @@ def test_pushes_from_two_worker_processes_for_one_user_lose_nothing(shop, online
         w.join(120)
     assert [w.exitcode for w in workers] == [0, 0]
     assert online.recent_items(["race"])["race"] == [f"r{k}" for k in range(24)]
+
+
+# --- bulk materialization ------------------------------------------------------------------
+BULK_REDIS_DB = 6  # not the `shop` fixture's db: both module fixtures can be alive at once
+BULK_SEQ_LEN = 6
+USER_REFS = [f"user_recent_items:{c}" for c in ("item_ids", "event_types", "timestamps")]
+ITEM_STAT_REFS = [f"item_stats:{c}" for c in ("popularity_1d", "popularity_7d", "popularity_30d", "add_to_cart_rate",
+                                                "purchase_rate", "price", "available")]
+
+
+def _bulk_settings(backend: str, home):
+    overrides = {"home": home, "features": {"sequence_length": BULK_SEQ_LEN}}
+    if backend == "redis":  # a file registry: this fixture must not share the `shop` fixture's PostgreSQL database
+        overrides["online_store"] = {"type": "redis", "redis_connection_string": f"127.0.0.1:6379,db={BULK_REDIS_DB}"}
+    return load_settings(**overrides)
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def bulk_shop(request, tmp_path_factory):
+    """(settings, report) of a generated shop (hundreds of users, ties, long histories) built,
+    applied and materialized in full with the bulk path."""
+    if request.param == "redis":
+        redis.Redis(host="127.0.0.1", port=6379, db=BULK_REDIS_DB).flushdb()
+    settings = _bulk_settings(request.param, tmp_path_factory.mktemp(f"bulk-{request.param}"))
+    batch = generate(6_000, seed=3, days=10)
+    lake.write_batch(settings.lake_dir, batch)
+    tables.build_tables(settings, encode_texts=False)
+    feast_store.apply(settings)
+    yield settings, feast_store.materialize(settings)
+    if request.param == "redis":
+        redis.Redis(host="127.0.0.1", port=6379, db=BULK_REDIS_DB).flushdb()
+
+
+def _online_users(settings, users: list[str]) -> pd.DataFrame:
+    """Every user's online row, read through Feast's get_online_features."""
+    fs = feast_store.feature_store(settings)
+    parts = [pd.DataFrame(fs.get_online_features(features=USER_REFS, entity_rows=[{"user_id": u} for u in users[k:k + 500]]).to_dict())
+             for k in range(0, len(users), 500)]
+    return pd.concat(parts, ignore_index=True).set_index("user_id")
+
+
+def assert_online_users_equal_recent_items(settings) -> int:
+    events = tables.all_events(settings)
+    expected = recent_items(events, BULK_SEQ_LEN).set_index("user_id")
+    online = _online_users(settings, sorted(expected.index))
+    for user, row in expected.iterrows():
+        got = online.loc[user]
+        assert got["item_ids"] == row["item_ids"], user
+        assert got["event_types"] == row["event_types"], user
+        # Array(UnixTimestamp) is stored in whole seconds
+        assert [pd.Timestamp(t).tz_convert("UTC") if pd.Timestamp(t).tzinfo else pd.Timestamp(t, tz="UTC") for t in got["timestamps"]] == [
+            t.floor("s") for t in row["timestamps"]], user
+    return len(expected)
+
+
+def test_bulk_materialization_puts_every_users_recent_items_online(bulk_shop):
+    settings, report = bulk_shop
+    users = assert_online_users_equal_recent_items(settings)
+    assert users > 200
+    view = report.views["user_recent_items"]
+    assert view.entities == view.written == users  # each user's newest row, once
+    assert view.rows_read == len(pd.read_parquet(tables.table_path(settings, "user_recent_items")))
+
+
+def test_bulk_materialization_puts_every_items_newest_stats_online(bulk_shop):
+    settings, report = bulk_shop
+    offline = pd.read_parquet(tables.table_path(settings, "item_stats"))
+    newest = offline.sort_values(["item_id", "event_timestamp"], kind="stable").drop_duplicates("item_id", keep="last")
+    fs = feast_store.feature_store(settings)
+    online = pd.DataFrame(fs.get_online_features(features=ITEM_STAT_REFS,
+                                                 entity_rows=[{"item_id": i} for i in newest["item_id"]]).to_dict())
+    columns = [r.split(":")[1] for r in ITEM_STAT_REFS]
+    pd.testing.assert_frame_equal(online[["item_id", *columns]].reset_index(drop=True),
+                                  newest[["item_id", *columns]].reset_index(drop=True), check_dtype=False)
+    assert report.views["item_stats"].entities == len(newest)
+
+
+def test_incremental_materialization_writes_the_changed_users_only(bulk_shop):
+    settings, _ = bulk_shop
+    events = tables.all_events(settings)
+    changed = sorted(events["user_id"].unique())[::7][:40]
+    at = events["timestamp"].max() + pd.Timedelta(hours=1)
+    new = pd.DataFrame({"user_id": [*changed, "brand-new-user"], "item_id": events["item_id"].iloc[0],
+                        "event_type": "view", "timestamp": [at + pd.Timedelta(seconds=k) for k in range(len(changed) + 1)]})
+    lake.write_batch(settings.lake_dir, Batch.from_frames(new, None, source="hourly"))
+    tables.build_tables(settings, encode_texts=False)
+    report = feast_store.materialize(settings, since=new["timestamp"].min())
+    assert report.views["user_recent_items"].entities == len(changed) + 1
+    assert report.views["user_recent_items"].rows_read == len(changed) + 1
+    assert report.views["item_stats"].entities == 1  # the one item of the new events
+    assert_online_users_equal_recent_items(settings)
+    again = feast_store.materialize(settings)  # nothing new since
+    assert again.views["user_recent_items"].entities == 0 and again.views["item_stats"].entities == 0
+
+
+def test_online_rows_are_what_feasts_own_conversion_makes(bulk_shop):
+    """The bulk path's protobuf values equal Feast's _convert_arrow_to_proto, nulls and NaN included."""
+    from feast.utils import _convert_arrow_to_proto
+
+    settings, _ = bulk_shop
+    fs = feast_store.feature_store(settings)
+    for name in tables.TABLES:
+        view = fs.get_feature_view(name)
+        key = view.entity_columns[0].name
+        rows = feast_store.latest_rows(tables.table_path(settings, name), key).rows.slice(0, 300)
+        rows = rows.select([key, *[f.name for f in view.features], "event_timestamp"])
+        odd = {f.name: pa.nulls(1, rows.schema.field(f.name).type) for f in view.features}  # an all-null row
+        if name == "item_stats":
+            odd["price"] = pa.array([float("nan")])
+        else:
+            odd["item_ids"] = pa.array([[]], rows.schema.field("item_ids").type)
+        odd_row = pa.table({key: ["odd"], **odd, "event_timestamp": rows.column("event_timestamp").slice(0, 1)}, schema=rows.schema)
+        rows = pa.concat_tables([rows, odd_row]).combine_chunks()  # Feast converts only the first record batch
+        ours = feast_store.online_rows(view, rows, feast_store._row_times(rows))
+        feasts = _convert_arrow_to_proto(rows, view, {key: view.entity_columns[0].dtype.to_value_type()})
+        assert [r[0] for r in ours] == [r[0] for r in feasts]
+        assert [r[1] for r in ours] == [r[1] for r in feasts]
+        assert [r[2] for r in ours] == [r[2] for r in feasts]
+
+
+def test_the_bulk_sqlite_writer_stores_what_feasts_writer_stores(bulk_shop, tmp_path):
+    import sqlite3
+
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    settings, _ = bulk_shop
+    if settings.online_store.type != "sqlite":
+        pytest.skip("SQLite-only")
+    fs = feast_store.feature_store(settings)
+    other = _bulk_settings("sqlite", tmp_path)
+    feast_store.apply(other)
+    feasts = feast_store.feature_store(other)
+    dumps = []
+    for name in tables.TABLES:
+        view = fs.get_feature_view(name)
+        rows = feast_store.latest_rows(tables.table_path(settings, name), view.entity_columns[0].name).rows
+        data = feast_store.online_rows(view, rows, feast_store._row_times(rows))
+        SqliteOnlineStore().online_write_batch(feasts.config, view, data, None)
+    for config in (fs.config, feasts.config):
+        with sqlite3.connect(config.online_store.path) as conn:
+            dumps.append({name: conn.execute(f"SELECT entity_key, feature_name, value, value_text, event_ts, created_ts "
+                                             f"FROM shoprec_{name} ORDER BY entity_key, feature_name").fetchall()
+                          for name in tables.TABLES})
+    # the bulk shop's own store (written by ShopRecSqliteOnlineStore) minus what the incremental test added
+    for name in tables.TABLES:
+        keys = {r[:2] for r in dumps[1][name]}
+        assert [r for r in dumps[0][name] if r[:2] in keys] == dumps[1][name]
+        assert len(dumps[1][name]) > 100
+
+
+def test_latest_rows_in_a_window_are_each_entitys_newest(bulk_shop, tmp_path):
+    """Windows ending inside the data take the comparison path; a table without the is_newest mark too."""
+    settings, _ = bulk_shop
+    for name, key in (("user_recent_items", "user_id"), ("item_stats", "item_id")):
+        path = tables.table_path(settings, name)
+        frame = pd.read_parquet(path)
+        times = frame["event_timestamp"]
+        unmarked = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.Table.from_pandas(frame.drop(columns=["is_newest"], errors="ignore"), preserve_index=False),
+                       unmarked, row_group_size=97)
+        for start, end in [(None, None), (times.quantile(0.2), times.quantile(0.7)), (times.quantile(0.5), None)]:
+            mask = np.ones(len(frame), bool)
+            if start is not None:
+                mask &= (times >= start).to_numpy()
+            if end is not None:
+                mask &= (times < end).to_numpy()
+            inside = frame[mask]
+            expected = inside.sort_values("event_timestamp", kind="stable").drop_duplicates(key, keep="last")
+            expected = expected.sort_values(key).reset_index(drop=True)
+            for source in (path, unmarked):
+                got = feast_store.latest_rows(source, key, start, end)
+                got_frame = got.rows.to_pandas().sort_values(key).reset_index(drop=True)
+                assert got.rows_read == len(inside)
+                assert got_frame[key].tolist() == expected[key].tolist()
+                assert (got_frame["event_timestamp"] == expected["event_timestamp"]).all()
+
+
+def test_the_sqlite_stores_entity_keys_are_feasts():
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from shoprec.features.sqlite_store import entity_key_bytes
+
+    keys = [EntityKey(join_keys=[name], entity_values=[Value(string_val=value)])
+            for name in ("user_id", "item_id") for value in ("u1", "", "ünïcødé-ü", "x" * 300)]
+    keys.append(EntityKey(join_keys=["n"], entity_values=[Value(int64_val=7)]))  # other kinds: Feast's own function
+    keys.append(EntityKey(join_keys=["b", "a"], entity_values=[Value(string_val="1"), Value(string_val="2")]))
+    assert [entity_key_bytes(k, 3) for k in keys] == [serialize_entity_key(k, entity_key_serialization_version=3) for k in keys]

@@ -209,3 +209,77 @@ def test_cli_ingests_a_catalog_only_batch(settings, tmp_path):
     catalog = lake.read_items(settings.lake_dir).set_index("item_id")
     assert not catalog.loc[items.loc[0, "item_id"], "available"]
     assert len(lake.read_events(settings.lake_dir)) == 48
+
+
+# --- chunked (streamed) ingestion -----------------------------------------------------------------
+def _export_with_duplicates(tmp_path: Path) -> Path:
+    """A generated shop as a CSV export, with 2% of its rows sent twice (cleaning has work to do)."""
+    from simulator.shop import generate
+
+    batch = generate(4000, seed=3, days=4)
+    events = pd.concat([batch.events, batch.events.sample(80, random_state=1)]).sort_index(kind="stable")
+    folder = tmp_path / "export"
+    folder.mkdir()
+    events.to_csv(folder / "events.csv", index=False)
+    batch.items.assign(attributes=batch.items["attributes"].map("|".join)).to_csv(folder / "items.csv", index=False)
+    return folder
+
+
+def _lake_content(lake_dir: Path) -> dict[str, pa.Table]:
+    files = sorted(lake_dir.glob("events/date=*/*.parquet")) + sorted(lake_dir.glob("items/*.parquet"))
+    return {str(f.relative_to(lake_dir)): pq.read_table(f) for f in files}
+
+
+def test_chunked_ingest_lands_the_same_lake_as_a_whole_file_ingest(tmp_path, monkeypatch):
+    from shoprec.config import load_settings
+
+    export = _export_with_duplicates(tmp_path)
+    whole = load_settings(home=tmp_path / "whole").with_overrides(cleaning={"k_core": 3}, ingest={"chunk_rows": 10**9})
+    chunked = whole.with_overrides(home=tmp_path / "chunked", ingest={"chunk_rows": 97})
+    one, many = ingest(export, "events", whole), ingest(export, "events", chunked)
+
+    assert one.status == many.status == "accepted", (one.failures, many.failures)
+    assert one.batch_id == many.batch_id and one.counts == many.counts and one.cleaning == many.cleaning
+    assert one.cleaning["duplicates_removed"] >= 80 and one.cleaning["k_core_events_removed"] > 0
+    assert one.lake_files == many.lake_files and len(one.lake_files) >= 5  # 4+ day files and the catalog
+    expected, got = _lake_content(whole.lake_dir), _lake_content(chunked.lake_dir)
+    assert list(expected) == list(got)
+    for name, table in expected.items():
+        assert got[name].equals(table), name
+    gate = json.loads(Path(many.validation).read_text())["results"]["events"]
+    assert gate["rows"] == one.cleaning["rows_in"] and gate["chunks_failed"] == 0  # every row was checked
+
+
+def test_a_bad_row_in_the_last_chunk_refuses_and_quarantines_the_whole_batch(tmp_path):
+    from shoprec.config import load_settings
+
+    export = _export_with_duplicates(tmp_path)
+    events = pd.read_csv(export / "events.csv", dtype=str, keep_default_na=False)
+    events.loc[len(events) - 2, "event_type"] = "teleport"
+    events.to_csv(export / "events.csv", index=False)
+    settings = load_settings(home=tmp_path / "home").with_overrides(ingest={"chunk_rows": 500})
+
+    report = ingest(export, "events", settings)
+
+    assert report.status == "refused" and report.stage == "validate"
+    failure = next(f for f in report.failures if "event_type is not one of" in f)
+    assert f"1 of {len(events)} rows" in failure and "teleport" in failure
+    assert f"row {len(events) - 1:,} of the batch" in failure  # 1-based: the second-to-last row
+    assert not list(settings.lake_dir.glob("events/**/*.parquet"))  # the good chunks did not land either
+    assert (Path(report.quarantine) / "input" / "events.csv").exists()
+
+
+def test_a_refused_glob_batch_quarantines_every_file_it_read_and_its_catalog(settings, tmp_path):
+    events = pd.read_csv(SHOP / "events.csv", dtype=str, keep_default_na=False)
+    half = len(events) // 2
+    events.iloc[:half].to_csv(tmp_path / "part-1.csv", index=False)
+    bad = events.iloc[half:].copy()
+    bad.iloc[0, bad.columns.get_loc("event_type")] = "teleport"
+    bad.to_csv(tmp_path / "part-2.csv", index=False)
+
+    report = ingest(str(tmp_path / "part-*.csv"), "events", settings, catalog=SHOP / "items.csv")
+
+    assert report.status == "refused" and report.stage == "validate", report.failures
+    copied = Path(report.quarantine) / "input"
+    assert sorted(p.name for p in copied.iterdir()) == ["items.csv", "part-1.csv", "part-2.csv"]
+    assert (copied / "part-2.csv").read_bytes() == (tmp_path / "part-2.csv").read_bytes()

@@ -19,6 +19,7 @@ from services.client import ServiceError, reload_service, smoke_test
 from shoprec.features.store import materialize
 from shoprec.features.tables import build_tables, event_log_dir
 from shoprec.ingest import ingest
+from shoprec import event_log
 from shoprec.lake import read_events
 from tests.service_harness import READ_TOKEN, TOKEN, RedisServer, Server, call, prepare_shop, shop_settings
 from training.artifact import ArtifactError
@@ -249,8 +250,8 @@ def test_forget_user_removes_online_and_offline_data(shop, server):
     assert job["status"] == "done" and job["places"]["lake"]["rows"] == int((shop["events"]["user_id"] == user).sum()), job
     assert job["places"]["event_log"]["rows"] >= 1 and job["places"]["online_store"]["rows"] >= 1, job
     settings = settings_of(shop)
-    for folder in (settings.lake_dir, event_log_dir(settings)):
-        assert user not in set(read_events(folder)["user_id"])
+    assert user not in set(read_events(settings.lake_dir)["user_id"])
+    assert user not in set(event_log.read_events(event_log_dir(settings))["user_id"])
     assert call(server, "POST", "/recommend", {"user_id": user, "k": 3}, token=READ_TOKEN)[1]["fallback"] is True
 
 
@@ -362,3 +363,43 @@ def test_redis_down_gives_fallback_and_recovers_by_itself(shop, server):
             break
         time.sleep(0.2)
     assert body["fallback"] is False
+
+
+# --- a 100,000-item catalog ----------------------------------------------------------------------
+LARGE_CATALOG = 100_000
+
+
+@pytest.fixture(scope="module")
+def large_catalog(tmp_path_factory):
+    """A shop whose catalog has 100,000 items (all in the model's vocabulary, scored per request),
+    with its own Redis and server; ids only (MiniLM over 100,000 titles would take minutes)."""
+    home = tmp_path_factory.mktemp("large-catalog-home")
+    redis = RedisServer(home / "redis").start()
+    settings = shop_settings(home, redis.port)
+    info = prepare_shop(settings, 4000, epochs=1, n_items=LARGE_CATALOG, hyperparameters={"use_text": False})
+    server = Server(settings, log_path=home / "serve.log").start(timeout=300)
+    yield {"server": server, "settings": settings, **info}
+    server.stop()
+    redis.kill()
+
+
+def test_a_100k_item_catalog_serves_valid_items_through_bentoml(large_catalog):
+    server, events, items = large_catalog["server"], large_catalog["events"], large_catalog["items"]
+    status, model = call(server, "GET", "/model", token=READ_TOKEN)
+    assert status == 200 and model["n_items"] == LARGE_CATALOG
+    manifest = json.loads((large_catalog["settings"].models_dir / model["model_version"] / "metadata.json").read_text())
+    assert manifest["loss"]["loss"] == "sampled"  # the auto choice above the threshold
+    catalog = set(items["item_id"].astype(str))
+    unavailable = set(items.loc[~items["available"].fillna(True).astype(bool), "item_id"].astype(str))
+    counts = events["user_id"].value_counts()
+    for user in counts.index[:5].astype(str):
+        status, body = call(server, "POST", "/recommend", {"user_id": user, "k": 20}, token=READ_TOKEN)
+        assert status == 200 and body["fallback"] is False, body
+        ids = [i["item_id"] for i in body["items"]]
+        seen = set(events.loc[events["user_id"] == user, "item_id"].astype(str))
+        assert len(ids) == len(set(ids)) == 20 and set(ids) <= catalog
+        assert not set(ids) & (seen | unavailable)
+        scores = [i["score"] for i in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+    status, body = call(server, "POST", "/similar_items", {"item_id": ids[0], "k": 5}, token=READ_TOKEN)
+    assert status == 200 and len(body["items"]) == 5 and {i["item_id"] for i in body["items"]} <= catalog

@@ -3,21 +3,25 @@ artifact's round trip, warm start. (The loader's edge cases over every format: t
 
 import json
 
+import click
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from entrypoints.commands.training import training_settings
 from shoprec.config import load_hyperparameters, load_settings
+from shoprec.features.sequence import recent_items
 from simulator.shop import generate
 from training.artifact import load_recommender, save_artifact
 from training.compression.folding import fold_text_tower
 from training.compression.variant import TorchVariant, save_variant
-from training.data import ItemVocab, leave_one_out, user_sequences
+from training.data import ItemVocab, encode_sequences, leave_one_out, user_sequences
 from training.evaluate import evaluate_all, model_scorer
 from training.models import new_model
+from training.models.sasrec import SampledSoftmax
 from training.pipeline import checkpoint_dir, evaluate_version, train_version, warm_start
-from training.trainer import Trainer, length_bucketed_batches
+from training.trainer import Trainer, choose_loss, length_bucketed_batches
 
 N_RING = 12
 
@@ -67,22 +71,68 @@ def test_beats_popularity_by_a_wide_margin_on_the_synthetic_shop(settings):
     meta = json.loads((settings.models_dir / version / "metadata.json").read_text())
     assert meta["protocol"] == "loo" and meta["data_fingerprint"] and meta["metrics"]["NDCG@10"] == ours
     assert meta["hyperparameters"] == settings.hyperparameters.model_dump()  # a plain dict, as older readers expect
+    assert meta["loss"]["loss"] == "full" and meta["loss"]["n_items"] == batch.items["item_id"].nunique()
 
 
-def test_sampled_softmax_learns_and_covers_the_catalog_when_negatives_exceed_it():
+def test_sampled_softmax_with_many_negatives_approximates_the_full_softmax():
+    """With far more uniform negatives than items, the logQ-corrected sampled loss must come out
+    at the full softmax's value (uncorrected, it would be log(negatives / items) = 6 nats off)."""
     events = ring_events(n_users=64, ring=40)
     vocab = ItemVocab.from_events(events)
-    split = leave_one_out(user_sequences(events), vocab)
-    hp = quick_hp(dropout=0.0, attn_dropout=0.0, max_epochs=40, patience=40, negatives=8)
-    model = make_model(len(vocab), hp)
-    items, positions = torch.tensor([[0, 1, 2, 3]]), torch.arange(hp.max_len - 4, hp.max_len).unsqueeze(0)
-    targets = torch.tensor([[0, 2, 3, 4]])
+    hp = quick_hp()
+    model = make_model(len(vocab), hp).eval()
+    items, positions = torch.tensor([[0, 1, 2, 3], [5, 6, 7, 8]]), torch.arange(hp.max_len - 4, hp.max_len).expand(2, 4)
+    targets = torch.tensor([[0, 2, 3, 4], [6, 7, 8, 9]])
+    probability = torch.full((len(vocab),), 1.0 / (len(vocab) - 1))
+    probability[0] = 0
     torch.manual_seed(0)
     full = model.loss(items, positions, targets)
-    assert torch.allclose(model.loss(items, positions, targets, negatives=len(vocab)), full)  # no sampling then
-    assert not torch.allclose(model.loss(items, positions, targets, negatives=8), full)
-    train(model, split, hp)  # 8 sampled negatives of a 40-item catalog
-    assert evaluate_all({"m": model_scorer(model)}, split, len(vocab))["m"]["HR@5"] >= 0.9
+    many = model.loss(items, positions, targets, sampled=SampledSoftmax.mixed(probability, 32_000))
+    few = model.loss(items, positions, targets, sampled=SampledSoftmax.mixed(probability, 4))
+    assert abs(many.item() - full.item()) < 0.02 * full.item(), (many, full)
+    assert not torch.allclose(few, full)
+
+
+def test_the_loss_follows_the_catalog_size_and_can_be_forced(settings):
+    hp = quick_hp(full_softmax_max_items=1000)
+    assert choose_loss(hp, 1000).loss == "full" and choose_loss(hp, 1001).loss == "sampled"
+    assert choose_loss(hp, 1001).num_negatives == hp.num_negatives and choose_loss(hp, 10).num_negatives == 0
+    assert choose_loss(quick_hp(loss="sampled"), 10).loss == "sampled"
+    assert choose_loss(quick_hp(loss="full", full_softmax_max_items=5), 100_000).loss == "full"
+    with pytest.raises(ValueError, match="loss"):
+        quick_hp(loss="softmax")
+    forced = training_settings(settings, None, None, ("loss=sampled", "num_negatives=512")).hyperparameters  # shoprec train --set
+    assert (forced.loss, forced.num_negatives) == ("sampled", 512)
+    with pytest.raises(click.BadParameter, match="loss"):
+        training_settings(settings, None, None, ("loss=softmax",))
+
+
+def test_a_catalog_above_the_threshold_trains_with_sampled_softmax_and_learns(settings):
+    """The shop's catalog (1,500 items) is above the threshold set here (500): the run uses the
+    sampled softmax, records it in the version, and the model still beats popularity clearly."""
+    batch = generate(6000, seed=3, n_items=1500)
+    overrides = {"use_text": False, "max_epochs": 12, "full_softmax_max_items": 500, "num_negatives": 128}
+    settings = settings.with_overrides(training={"preset": "quick", "overrides": overrides})
+    version, report = train_version(settings, events=batch.events, items=batch.items, protocol="loo", progress=False,
+                                    checkpoint=False)
+    rec = load_recommender(version, settings)
+    assert rec.metadata["loss"]["loss"] == "sampled" and rec.metadata["loss"]["n_items"] == 1500
+    assert rec.metadata["loss"]["threshold"] == 500 and rec.metadata["hyperparameters"]["loss"] == "auto"
+    losses = [h["loss"] for h in report["training"]["history"]]
+    assert losses[-1] < 0.8 * losses[0], losses
+    ours, popular = report["metrics"]["NDCG@10"], report["baselines"]["popularity"]["NDCG@10"]
+    assert ours > 2 * popular and ours - popular > 0.03, (ours, popular)
+    assert rec.score([list(batch.events["item_id"].astype(str)[:3])]).shape == (1, 1500)
+
+
+def test_the_positions_budget_ends_the_run_mid_epoch_and_validates_it():
+    events = ring_events(n_users=64, length=8)  # loo: 64 sequences of 6 items, 5 target positions each
+    vocab = ItemVocab.from_events(events)
+    split = leave_one_out(user_sequences(events), vocab)
+    hp = quick_hp(max_epochs=10, patience=10, batch_size=8, max_train_positions=400)  # 320 positions per epoch
+    result = train(make_model(len(vocab), hp), split, hp)
+    assert result.epochs == 2 and 400 <= result.positions < 440 and result.steps == 8 + 2
+    assert "valid_NDCG@10" in result.history[-1]
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +276,19 @@ def test_hyperparameters_come_from_the_preset_and_overrides_and_reject_unknown_k
         quick.lr = 1.0
 
 
+def test_user_sequences_follow_recent_items_on_shuffled_events_with_ties():
+    events = generate(3000, seed=5).events
+    events = pd.concat([events, events.head(200).assign(item_id="tie-item")])  # same user and time: ties
+    events = events.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    ours = user_sequences(events)
+    reference = recent_items(events, None)
+    assert ours["user_id"].tolist() == reference["user_id"].astype(str).tolist()
+    assert [list(s) for s in ours["item_ids"]] == [list(map(str, s)) for s in reference["item_ids"]]
+    as_of = events["timestamp"].median()
+    cut = user_sequences(events, as_of)
+    assert [list(s) for s in cut["item_ids"]] == [list(map(str, s)) for s in recent_items(events, None, as_of)["item_ids"]]
+
+
 def test_length_bucketed_batches_cover_every_row_once_with_narrow_batches():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 51, 1000)
@@ -235,3 +298,11 @@ def test_length_bucketed_batches_cover_every_row_once_with_narrow_batches():
     spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
     plain = length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket_batches=1)
     assert spread < 0.25 * np.mean([lengths[b].max() - lengths[b].min() for b in plain])
+
+
+def test_sequences_are_encoded_as_the_vocabulary_encodes_each_one():
+    vocab = ItemVocab([f"i{n}" for n in range(10)])
+    lists = [["i1", "i2", "nope"], [], ["nope"], ["i9", "i0", "i9"], np.array(["i3"], dtype=object)]
+    encoded = encode_sequences(lists, vocab)
+    assert [e.tolist() for e in encoded] == [vocab.encode(items).tolist() for items in lists]
+    assert all(e.dtype == np.int64 for e in encoded)

@@ -17,6 +17,9 @@ from training.metrics import compute_metrics, target_ranks
 
 Scorer = Callable[[list[np.ndarray]], np.ndarray]  # histories -> (B, n_vocab) scores
 TOP_K = 20
+# scores held at once (rows x catalog): 1,024 rows of a 100,000-item catalog would be 400 MB per copy, and the
+# chunk is copied three times; 2^24 floats (64 MB) keep 167 rows there and leave smaller catalogs' chunks as asked
+MAX_SCORES_PER_CHUNK = 1 << 24
 
 
 def model_scorer(model, device: str = "cpu") -> Scorer:
@@ -35,6 +38,7 @@ def evaluate_scorer(score: Scorer, evalset: EvalSet, counts: np.ndarray, batch_s
     """Metrics of one scorer on one evaluation set (``counts``: training interactions per index)."""
     if len(evalset) == 0:
         raise ValueError("the evaluation set is empty: no user has an item to predict")
+    batch_size = max(1, min(batch_size, MAX_SCORES_PER_CHUNK // max(len(counts), 1)))
     ranks, tops = [], []
     for start in range(0, len(evalset), batch_size):
         inputs = evalset.inputs[start : start + batch_size]

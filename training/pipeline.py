@@ -43,7 +43,7 @@ def train_version(settings: Settings, *, data: str = "lake", protocol: str = "fu
         events, items = load_events(data, settings)
     started = time.perf_counter()
     vocab = ItemVocab.from_events(events, items)
-    split = make_split(protocol, user_sequences(events), vocab)
+    split = make_split(protocol, user_sequences(events), vocab, hyperparameters.eval_max_scores, hyperparameters.seed)
     text = item_text_matrix(items, vocab, settings, progress) if hyperparameters.use_text else None
     net = new_model(hyperparameters, len(vocab), None if text is None else torch.from_numpy(text))
     ckpt_dir = checkpoint_dir(settings, hyperparameters, protocol, events) if checkpoint else None
@@ -107,16 +107,24 @@ def evaluate_version(settings: Settings, version: str | None = None) -> tuple[st
     if fingerprint(events) != rec.metadata["data_fingerprint"]:
         raise ValueError(f"the {rec.metadata['data_source']} data changed since {version} was trained "
                          "(fingerprint differs); train a new version to evaluate on it")
-    split = make_split(protocol, user_sequences(events), ItemVocab(rec.item_ids))
+    used = rec.metadata.get("hyperparameters", {})  # a version from before eval_max_scores was evaluated on all users
+    split = make_split(protocol, user_sequences(events), ItemVocab(rec.item_ids), used.get("eval_max_scores", 0),
+                       used.get("seed", 0))
     return rec.version, evaluation_report(rec.score_indices, split, len(rec.item_ids) + 1)  # any format, ONNX too
 
 
-def make_split(protocol: str, sequences: pd.DataFrame, vocab: ItemVocab) -> SplitData:
+def make_split(protocol: str, sequences: pd.DataFrame, vocab: ItemVocab, max_eval_scores: int = 0,
+               seed: int = 0) -> SplitData:
+    """The ``protocol``'s split, its evaluation sets sampled to at most ``max_eval_scores`` users x
+    items (the ``eval_max_scores`` hyperparameter; the same users for the model and the
+    baselines, and again when ``evaluate_version`` re-runs it)."""
     if protocol == "loo":
-        return leave_one_out(sequences, vocab)
-    if protocol == "full":
-        return full_split(sequences, vocab)
-    raise ValueError(f"unknown protocol {protocol!r}; choose loo or full")
+        split = leave_one_out(sequences, vocab)
+    elif protocol == "full":
+        split = full_split(sequences, vocab)
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; choose loo or full")
+    return split.with_eval_scores(max_eval_scores, len(vocab) - 1, seed)
 
 
 def item_text_matrix(items: pd.DataFrame | None, vocab: ItemVocab, settings: Settings,
@@ -227,6 +235,7 @@ def _training_summary(result: TrainResult, wall_seconds: float) -> dict:
         "epochs": result.epochs, "best_epoch": result.best_epoch, "train_seconds": round(result.train_seconds, 1),
         "seconds_per_epoch": round(result.seconds_per_epoch, 2), "wall_seconds": round(wall_seconds, 1),
         "device": result.device, "valid": result.best_valid, "history": result.history,
+        "steps": result.steps, "positions": result.positions, "loss": result.loss,
     }
 
 
@@ -243,4 +252,5 @@ def _metadata(hyperparameters: Hyperparameters, protocol: str, data: str, events
         "metrics": report["metrics"],
         "baselines": report["baselines"],
         "training": report["training"],
+        "loss": report["training"]["loss"],  # training.trainer.LossChoice: full or sampled softmax, and why
     }

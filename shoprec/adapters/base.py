@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from shoprec.schema import conform_events, conform_items, empty_items
+from shoprec.schema import conform_events, conform_items, empty_items, event_row_hashes, item_row_hashes
 
 
 @dataclass
@@ -26,10 +26,6 @@ class Batch:
     @property
     def batch_id(self) -> str:
         """Content hash: the same data always gets the same id, so re-ingesting is idempotent."""
-        digest = hashlib.sha256()
-        digest.update(pd.util.hash_pandas_object(self.events, index=False).values.tobytes())
-        items = self.items.drop(columns=["attributes"]).assign(
-            attributes=self.items["attributes"].map(lambda a: "|".join(a))
-        )
-        digest.update(pd.util.hash_pandas_object(items, index=False).values.tobytes())
+        digest = hashlib.sha256(event_row_hashes(self.events))
+        digest.update(item_row_hashes(self.items))
         return digest.hexdigest()[:16]

@@ -11,13 +11,23 @@ within a user is real; the batch metadata says so (``synthetic_timestamps``).
 
 from __future__ import annotations
 
+import builtins
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from shoprec.adapters.base import Batch
+from shoprec.reading import (
+    EventSource,
+    FrameSource,
+    InputError,
+    PartLayout,
+    ReadOptions,
+    SourceLayout,
+    catalog_part,
+    read_catalog,
+)
 
 SYNTHETIC_EPOCH = pd.Timestamp("2014-01-01", tz="UTC")
 
@@ -38,8 +48,11 @@ def find_dataset(path: Path) -> tuple[Path, str]:
 
 def read_sequences(txt: Path) -> pd.DataFrame:
     """One row per interaction: user_id, item_id, position (0 = oldest), line number."""
-    users, items, positions, lines = [], [], [], []
-    with open(txt, encoding="utf-8") as fh:
+    users: list[str] = []
+    items: list[str] = []
+    positions: list[int] = []
+    lines: list[int] = []
+    with builtins.open(txt, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh):
             tokens = line.split()
             if not tokens:
@@ -59,7 +72,7 @@ def read_items(folder: Path, name: str) -> pd.DataFrame | None:
     attrs = folder / f"{name}_item2attributes.json"
     frame = None
     if text.exists():
-        with open(text, encoding="utf-8") as fh:
+        with builtins.open(text, encoding="utf-8") as fh:
             has_header = fh.readline().startswith("item_id\t")
         frame = pd.read_csv(
             text, sep="\t", header=None, names=["item_id", "asin", "title"],
@@ -79,24 +92,38 @@ def read_items(folder: Path, name: str) -> pd.DataFrame | None:
     return frame
 
 
-def read(path, **_options) -> Batch:
-    folder, name = find_dataset(Path(path))
-    seq = read_sequences(folder / f"{name}.txt")
+def read_source(path) -> tuple[pd.DataFrame, pd.DataFrame | None, Path, str]:
+    """(events, items, sequence file, data set name); errors name the file and the line."""
+    try:
+        folder, name = find_dataset(Path(path))
+        seq = read_sequences(folder / f"{name}.txt")
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(str(exc)) from exc
     seq["timestamp"] = (
         SYNTHETIC_EPOCH
         + pd.to_timedelta(seq["position"].to_numpy(), unit="D")
         + pd.to_timedelta(seq["line"].to_numpy(np.int64), unit="s")
     )
     events = seq[["user_id", "item_id", "timestamp"]].assign(event_type="purchase")
-    items = read_items(folder, name)
-    return Batch.from_frames(
-        events,
-        items,
-        source=str(folder / f"{name}.txt"),
-        metadata={
-            "format": "s3rec",
-            "dataset": name,
-            "synthetic_timestamps": True,
-            "timestamp_rule": "k-th item of the user on line u: 2014-01-01 + k days + u seconds; only per-user order is real",
-        },
-    )
+    return events, read_items(folder, name), folder / f"{name}.txt", name
+
+
+def open(path, options: ReadOptions, catalog=None, catalog_options=None) -> EventSource:
+    """The whole sequence file as one source (its format has no chunked reader; Beauty is 200k
+    events); reading options do not apply to it."""
+    events, items, txt, name = read_source(path)
+    given = catalog_part(catalog, catalog_options)
+    if given is not None:
+        items = read_catalog(given)
+    part = PartLayout(role="events", files=(str(txt),), file_type="s3rec sequences", compression=None,
+                      delimiter=" ", delimiter_source="preset", header=False, columns=("user", "item ..."),
+                      mapping={"user_id": "user", "item_id": "item ..."}, constants={"event_type": "purchase"},
+                      timestamp_unit="synthetic", timestamp_unit_source="preset", user_from_session="off")
+    layout = SourceLayout("s3rec", (part,), note="timestamps synthesized from the order")
+    metadata = {
+        "format": "s3rec",
+        "dataset": name,
+        "synthetic_timestamps": True,
+        "timestamp_rule": "k-th item of the user on line u: 2014-01-01 + k days + u seconds; only per-user order is real",
+    }
+    return FrameSource("s3rec", events, items, layout, metadata)

@@ -4,7 +4,7 @@ The batch feature table, historical (point-in-time) retrieval, the real-time pus
 path and the model's training data all follow ``recent_items``; nothing else may
 decide what a user's sequence is, so training and serving cannot disagree. The two
 faster forms of the rule (``recent_items_over_time`` for the point-in-time table,
-``extend_sequence`` for one user's push) are tested against it.
+``extend_sequence``/``merge_sequence`` for one user's push) are tested against it.
 """
 
 from __future__ import annotations
@@ -41,23 +41,31 @@ def recent_items(events: pd.DataFrame, max_len: int | None, as_of: pd.Timestamp 
     return out
 
 
+def merge_sequence(stored: list[tuple], new: list[tuple], max_len: int | None) -> list[tuple]:
+    """The push path's form of ``recent_items``: (item_id, event_type, time) triples, stored
+    (oldest first) then new, in time order (stable: ties keep stored-then-new order), the last
+    ``max_len``. ``time`` is anything that orders as the timestamps do: ``pd.Timestamp``, or
+    integer nanoseconds (``OnlineFeatures``: building a Timestamp per element cost a third of a
+    400-user push group)."""
+    merged = sorted([e for e in stored if e[0] is not None] + list(new), key=lambda e: e[2])
+    return merged[-max_len:] if max_len is not None else merged
+
+
 def extend_sequence(stored: dict, new_events: pd.DataFrame, max_len: int | None) -> dict:
     """The push path for one user: ``recent_items`` of (stored sequence + new events).
 
     ``stored`` has the lists item_ids, event_types, timestamps (oldest first, as
     ``recent_items`` made them and the online store returns them). The same rule in
-    plain Python - a pandas group-by per pushed event cost 7 ms - and a test checks it
-    against ``recent_items`` on shuffled events with ties.
+    plain Python (``merge_sequence``) - a pandas group-by per pushed event cost 7 ms - and a
+    test checks it against ``recent_items`` on shuffled events with ties.
     """
-    old = [e for e in zip(stored["item_ids"], stored["event_types"], stored["timestamps"]) if e[0] is not None]
-    new = zip(new_events["item_id"], new_events["event_type"], new_events["timestamp"])
-    merged = sorted(old + list(new), key=lambda e: pd.Timestamp(e[2]))  # stable: ties keep stored-then-new order
-    if max_len is not None:
-        merged = merged[-max_len:]
+    old = [(i, t, pd.Timestamp(ts)) for i, t, ts in zip(stored["item_ids"], stored["event_types"], stored["timestamps"])]
+    new = [(i, t, pd.Timestamp(ts)) for i, t, ts in zip(new_events["item_id"], new_events["event_type"], new_events["timestamp"])]
+    merged = merge_sequence(old, new, max_len)
     return {
         "item_ids": [str(e[0]) for e in merged],
         "event_types": [str(e[1]) for e in merged],
-        "timestamps": [pd.Timestamp(e[2]).tz_convert("UTC") for e in merged],
+        "timestamps": [e[2].tz_convert("UTC") for e in merged],
     }
 
 
