@@ -509,3 +509,12 @@ def test_a_pandas_index_stored_in_parquet_is_not_read_as_a_column(tmp_path):
     frame.to_parquet(tmp_path / "events.parquet")  # a non-range index: stored as __index_level_0__
     events = read_batch("events", tmp_path / "events.parquet").events
     assert events["user_id"].tolist() == ["a", "b"] and "__index_level_0__" not in events.columns
+
+
+def test_parquet_files_with_their_columns_in_another_order_are_read_by_name(tmp_path):
+    frame = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "event_type": ["view", "view"],
+                          "timestamp": pd.to_datetime(["2024-01-01", "2024-01-02"], utc=True)})
+    frame.iloc[:1].to_parquet(tmp_path / "part-1.parquet", index=False)
+    frame.iloc[1:][["item_id", "user_id", "timestamp", "event_type"]].to_parquet(tmp_path / "part-2.parquet", index=False)
+    events = read_batch("events", tmp_path).events
+    assert events["user_id"].tolist() == ["a", "b"] and events["item_id"].tolist() == ["x", "y"]

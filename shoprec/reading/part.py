@@ -100,7 +100,7 @@ class Part:
         if kind.type == "json":
             assert self._json is not None
             return json_batches(path, kind, self._json, block), 1, "line"
-        return parquet_batches(path, rows), 1, "row"
+        return parquet_batches(path, rows, list(self.columns)), 1, "row"  # by name: a later file may order them otherwise
 
     def header_note(self) -> str:
         """'line 1: ...; ' when the header looks split with the wrong delimiter or looks like data."""
