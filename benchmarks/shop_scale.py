@@ -208,27 +208,30 @@ def run_size(n_events: int, args: argparse.Namespace) -> dict:
     from shoprec.config import child_env, load_settings
     from tests.service_harness import RedisServer
 
-    work = Path(tempfile.mkdtemp(prefix=f"shop-scale-{n_events}-", dir=args.work_dir))
-    redis = RedisServer(work / "redis").start()
-    state: dict = {"redis_port": redis.port}
-    results: list[StageResult] = []
+    work = args.resume or Path(tempfile.mkdtemp(prefix=f"shop-scale-{n_events}-", dir=args.work_dir))
+    done = json.loads((work / "results.json").read_text()) if (work / "results.json").exists() else []
+    results = [StageResult(**r) for r in done]
+    state: dict = json.loads((work / "state.json").read_text()) if args.resume else {}
+    redis = RedisServer(work / "redis").start()  # its append-only file brings a resumed run's data back
+    state["redis_port"] = redis.port
     env = {**child_env(load_settings(home=work / "home")), "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
     try:
-        for stage in STAGES:
+        for stage in STAGES[len(results):]:
             (work / "state.json").write_text(json.dumps(state, default=str))
-            out = work / f"{stage}.json"
             command = [sys.executable, __file__, "--stage", stage, "--work", str(work), "--events", str(n_events),
                        "--seed", str(args.seed), "--preset", args.preset, "--seconds", str(args.seconds)]
             seconds, rss, code = measure_child(command, env)
             if code != 0:
-                raise SystemExit(f"stage {stage} failed (exit {code}); its work is kept in {work}")
-            state[stage] = json.loads(out.read_text())
+                raise SystemExit(f"stage {stage} failed (exit {code}); its work is kept in {work} "
+                                 f"(--resume {work} goes on from it)")
+            state[stage] = json.loads((work / f"{stage}.json").read_text())
             results.append(StageResult(stage, round(seconds, 1), round(rss, 1), state[stage]))
+            (work / "results.json").write_text(json.dumps([asdict(r) for r in results], default=str))
             print(f"[{n_events:,} events] {stage}: {seconds:.1f} s, peak RSS {rss:,.0f} MiB", flush=True)
     finally:
         redis.kill()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     pipeline = sum(r.seconds for r in results if r.stage not in NOT_PIPELINE)
     return {"events": n_events, "pipeline_seconds": round(pipeline, 1), "stages": [asdict(r) for r in results],
             "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -339,6 +342,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per concurrency level")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the shop and its home are made (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--resume", type=Path, help="go on with the stages a stopped run (one --events) left undone")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

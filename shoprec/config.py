@@ -213,6 +213,9 @@ class CompressionSettings(Section):
     distill_hidden: int = Field(32, ge=1)
     distill_layers: int = Field(1, ge=1)
     distill_epochs: int = Field(5, ge=0)
+    # target positions each trained variant (pruning's fine-tune, distillation) trains on at most
+    # (0: its epochs alone): Beauty's 5 distillation epochs are 770,000, a 10 M-event shop's 35 M
+    finetune_max_positions: int = Field(1_000_000, ge=0)
     rounds_b1: int = Field(50, ge=1)
     rounds_b32: int = Field(10, ge=1)
     eval_batch_size: int = Field(512, ge=1)

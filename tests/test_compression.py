@@ -247,3 +247,32 @@ def test_full_run_writes_report(compressed):
     saved = json.loads(open(compressed.report["json"]).read())
     assert saved["gate"]["picked"] == compressed.gate.picked
     assert saved["context"]["served_version"] == compressed.served_version
+
+
+def test_a_sampled_softmax_catalog_gets_no_variant_that_trains_on_the_whole_catalog(tmp_path):
+    from training.compression.pipeline import makers
+
+    options = load_settings().compression
+    every = [m.method for m in makers(None, None, options, tmp_path)]
+    without = [m.method for m in makers(None, None, options, tmp_path, trains=False)]
+    assert {"pruned", "distilled"} <= set(every) and not {"pruned", "distilled"} & set(without)
+    assert set(without) == set(every) - {"pruned", "distilled"}
+
+
+def test_fine_tuning_stops_at_its_positions_budget():
+    from training.compression.finetune import train_steps
+
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(1, 30, size=12) for _ in range(200)]
+    split = leave_one_out(pd.DataFrame({"user_id": [f"u{k}" for k in range(200)],
+                                        "item_ids": [[f"i{i}" for i in s] for s in sequences]}),
+                          ItemVocab([f"i{k}" for k in range(1, 30)]))
+    model = new_model(load_hyperparameters("sasrec", "quick"), n_vocab=30)
+    calls = []
+
+    def loss(items, positions, targets):
+        calls.append(int((targets != 0).sum()))
+        return model.loss(items, positions, targets)
+
+    train_steps(model, split, loss, epochs=3, lr=1e-3, max_positions=500)
+    assert 500 <= sum(calls) < 500 + max(calls)  # stopped at the first batch past the budget

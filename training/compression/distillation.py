@@ -33,7 +33,8 @@ def projected_table(teacher_table: torch.Tensor, hidden: int) -> torch.Tensor:
 
 
 def distill(teacher: torch.nn.Module, split: SplitData, *, hidden: int = 32, layers: int = 1, heads: int = 1,
-            epochs: int = 5, lr: float = 1e-3, temperature: float = 2.0, alpha: float = 0.7) -> TorchVariant:
+            epochs: int = 5, lr: float = 1e-3, temperature: float = 2.0, alpha: float = 0.7,
+            max_positions: int = 0) -> TorchVariant:
     """Variant: a student trained on ``teacher``'s scores (``alpha`` weight on the soft loss)."""
     teacher.eval()
     torch.manual_seed(0)
@@ -51,12 +52,13 @@ def distill(teacher: torch.nn.Module, split: SplitData, *, hidden: int = 32, lay
         kd = F.kl_div(F.log_softmax(logits[:, 1:] / temperature, dim=-1), soft, log_target=True, reduction="batchmean")
         return alpha * kd * temperature**2 + (1 - alpha) * F.cross_entropy(logits, targets[keep])
 
-    losses = train_steps(student, split, loss, epochs=epochs, lr=lr, desc="distill")
+    losses = train_steps(student, split, loss, epochs=epochs, lr=lr, desc="distill", max_positions=max_positions)
     return TorchVariant(
         method="distilled",
         model=student.eval(),
         codecs=lambda name, t: "fp32",
-        parameters={"hidden": hidden, "layers": layers, "heads": heads, "epochs": epochs, "lr": lr,
+        parameters={"hidden": hidden, "layers": layers, "heads": heads, "epochs": epochs,
+                    "max_positions": max_positions, "lr": lr,
                     "temperature": temperature, "alpha": alpha, "loss": [round(x, 4) for x in losses],
                     "parameters": sum(p.numel() for p in student.parameters())},
     )

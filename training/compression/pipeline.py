@@ -76,21 +76,29 @@ def split_for(parent: Recommender, events) -> SplitData:
     return leave_one_out(user_sequences(events), ItemVocab(list(parent.item_ids)))
 
 
-def makers(folded: torch.nn.Module, split: SplitData, options: CompressionSettings, work_dir: Path) -> list[Maker]:
-    """Every variant of ``folded``, in report order; the folded model itself first."""
+def makers(folded: torch.nn.Module, split: SplitData, options: CompressionSettings, work_dir: Path,
+           trains: bool = True) -> list[Maker]:
+    """Every variant of ``folded``, in report order; the folded model itself first. ``trains``
+    False leaves out the two that train (pruning's fine-tune, distillation): both score the whole
+    catalog at every position, a (positions x catalog) matrix the sampled-softmax training of a
+    large catalog exists to avoid (6,400 x 100,000 floats per step, 2.6 GB)."""
     exported = functools.cache(lambda: onnx_fp32(folded, work_dir))  # onnx_int8 quantizes the same export
-    prune = {"amount": options.prune_amount, "finetune_epochs": options.prune_epochs}
-    student = {"hidden": options.distill_hidden, "layers": options.distill_layers, "epochs": options.distill_epochs}
+    prune = {"amount": options.prune_amount, "finetune_epochs": options.prune_epochs,
+             "max_positions": options.finetune_max_positions}
+    student = {"hidden": options.distill_hidden, "layers": options.distill_layers, "epochs": options.distill_epochs,
+               "max_positions": options.finetune_max_positions}
     return [
         Maker(BASELINE, {}, lambda: TorchVariant(BASELINE, folded, lambda n, t: "fp32",
                                                  {"text_tower": "folded into the item table"})),
         Maker("dynamic_int8", {}, lambda: dynamic_int8(folded)),
         Maker("embedding_fp16", {}, lambda: compressed_table(folded, "fp16")),
         Maker("embedding_int8", {}, lambda: compressed_table(folded, "int8_row")),
-        Maker("pruned", prune, lambda: magnitude_pruning(folded, split, options.prune_amount, options.prune_epochs)),
-        Maker("distilled", student, lambda: distill(folded, split, hidden=options.distill_hidden,
-                                                    layers=options.distill_layers, heads=1,
-                                                    epochs=options.distill_epochs)),
+        *([Maker("pruned", prune, lambda: magnitude_pruning(folded, split, options.prune_amount, options.prune_epochs,
+                                                            max_positions=options.finetune_max_positions)),
+           Maker("distilled", student, lambda: distill(folded, split, hidden=options.distill_hidden,
+                                                       layers=options.distill_layers, heads=1,
+                                                       epochs=options.distill_epochs,
+                                                       max_positions=options.finetune_max_positions))] if trains else []),
         Maker("onnx", {}, exported),
         Maker("onnx_int8", {}, lambda: onnx_int8(exported(), work_dir)),
     ]
@@ -100,9 +108,10 @@ def build_variants(parent: Recommender, split: SplitData, settings: Settings) ->
     """Make and save every variant of ``parent`` (a loaded trained version); returns their versions.
     A variant saved before with the same options is kept (versions never change once written)."""
     folded = fold_text_tower(parent.torch_model)
+    trains = parent.metadata.get("loss", {}).get("loss", "full") == "full"  # see makers
     versions = []
     with tempfile.TemporaryDirectory() as work:
-        for maker in tqdm(makers(folded, split, settings.compression, Path(work)), desc="variants"):
+        for maker in tqdm(makers(folded, split, settings.compression, Path(work), trains), desc="variants"):
             version = variant_version(parent.version, maker.method)
             if (settings.models_dir / version).exists():
                 _check_existing(settings.models_dir / version, maker)
@@ -150,6 +159,8 @@ def compress_recommender(parent: Recommender, split: SplitData, settings: Settin
     if parent.metadata.get("kind") != TRAINED:
         raise ValueError(f"{parent.version} is a compressed variant; compress the trained version it came from")
     started = time.perf_counter()
+    hp = settings.hyperparameters
+    split = split.with_eval_scores(hp.eval_max_scores, len(parent.item_ids), hp.seed)  # as training evaluates
     versions = build_variants(parent, split, settings)
     served = {TRAINED_ROW: parent}
     for version in versions:

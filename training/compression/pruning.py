@@ -52,7 +52,7 @@ def sparsity(model: torch.nn.Module) -> float:
 
 def magnitude_pruning(folded: torch.nn.Module, split: SplitData | None, amount: float = 0.5,
                       finetune_epochs: int = 1, lr: float = 2e-4, label_smoothing: float = 0.0,
-                      method: str = "pruned") -> TorchVariant:
+                      method: str = "pruned", max_positions: int = 0) -> TorchVariant:
     """Variant: prune ``amount`` of each weight matrix, fine-tune ``finetune_epochs`` (0 = none) with the training loss."""
     model = copy.deepcopy(folded)
     masks = magnitude_masks(model, amount)
@@ -64,12 +64,13 @@ def magnitude_pruning(folded: torch.nn.Module, split: SplitData | None, amount: 
         losses = train_steps(
             model, split, lambda i, p, t: model.loss(i, p, t, label_smoothing),
             epochs=finetune_epochs, lr=lr, after_step=lambda: apply_masks(model, masks), desc="prune fine-tune",
+            max_positions=max_positions,
         )
     model.eval()
     return TorchVariant(
         method=method,
         model=model,
         codecs=lambda name, t: "fp32",
-        parameters={"amount": amount, "finetune_epochs": finetune_epochs, "lr": lr,
+        parameters={"amount": amount, "finetune_epochs": finetune_epochs, "max_positions": max_positions, "lr": lr,
                     "sparsity": round(sparsity(model), 4), "finetune_loss": [round(x, 4) for x in losses]},
     )
