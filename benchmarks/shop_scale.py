@@ -122,7 +122,8 @@ def run_stage(stage: str, work: Path, state: dict, args: argparse.Namespace) -> 
 
 
 def _baselines(settings, state: dict) -> dict:
-    """Popularity and Markov on the hold-out the challenger was evaluated on."""
+    """The served model, popularity and Markov on the same hold-out users: the run's time split,
+    sampled as training samples its evaluation (``eval_max_scores`` user-item pairs)."""
     import pandas as pd
 
     from training.artifact import load_recommender
@@ -135,10 +136,12 @@ def _baselines(settings, state: dict) -> dict:
     events = pd.read_parquet(folder / "events.parquet")
     model = load_recommender(state["compress"]["served_version"], settings)
     vocab = ItemVocab(model.item_ids)
+    hp = settings.hyperparameters
     split = time_split(events, vocab, pd.Timestamp(state["training_set"]["cutoff"]))
+    split = split.with_eval_scores(hp.eval_max_scores, len(vocab), hp.seed)
     counts = item_counts(split.train, len(vocab))
-    return {name: evaluate_scorer(scorer, split.test, counts)
-            for name, scorer in baseline_scorers(split.train, len(vocab)).items()}
+    scorers = {"model": model.score_indices, **baseline_scorers(split.train, len(vocab))}
+    return {"users": len(split.test), **{name: evaluate_scorer(scorer, split.test, counts) for name, scorer in scorers.items()}}
 
 
 def _serve(settings, work: Path, args: argparse.Namespace) -> dict:
@@ -163,7 +166,7 @@ def _serve(settings, work: Path, args: argparse.Namespace) -> dict:
 def _wrk(url: str, script: Path, concurrency: int, seconds: int) -> dict:
     out = subprocess.run(["wrk", f"-t{min(concurrency, 2)}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s",
                           str(script), url], capture_output=True, text=True, check=True).stdout
-    latency = dict(re.findall(r"^\s+(50|99)\.000%\s+(\S+)", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {"concurrency": concurrency, "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
@@ -250,8 +253,7 @@ def summary(run: dict) -> dict:
         "users": users, "items": shop["items"],
         "materialize_sqlite_rows_per_s": round(users / by["materialize_sqlite"]["seconds"]),
         "materialize_redis_rows_per_s": round(users / by["materialize_redis"]["seconds"]),
-        "ndcg10": {"model": evaluation["challenger"].get("ndcg@10"),
-                   **{name: m.get("ndcg@10") for name, m in evaluation["baselines"].items()}},
+        "ndcg10": {name: m.get("NDCG@10") for name, m in evaluation["baselines"].items() if name != "users"},
         "serve_c8_p99_ms": load[8]["p99_ms"], "serve_c32_rps": load[32]["requests_per_s"],
         "serve_errors": sum(level["errors"] for level in load.values()),
     }
