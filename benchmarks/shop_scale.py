@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -46,18 +45,6 @@ STAGES = ("generate", "ingest", "features", "apply", "materialize_sqlite", "mate
 NOT_PIPELINE = ("generate",)  # made for the benchmark: a shop's data arrives, it is not generated
 READ_TOKEN = "shop-scale-read-token-0123456789abcdef"
 API_TOKEN = "shop-scale-api-token-0123456789abcdef"
-LUA = """
-local users = {}
-for line in io.lines("%(users)s") do users[#users + 1] = line end
-local counter = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer %(token)s"
-request = function()
-  counter = counter + 1
-  return wrk.format(nil, "/recommend", nil, '{"user_id": "' .. users[(counter %% #users) + 1] .. '", "k": 10}')
-end
-"""
 
 
 @dataclass
@@ -147,6 +134,7 @@ def _baselines(settings, state: dict) -> dict:
 def _serve(settings, work: Path, args: argparse.Namespace) -> dict:
     import pandas as pd
 
+    from benchmarks.service_load import LUA, run_wrk  # the service benchmark's load script and wrk runner
     from entrypoints.serving import start_service
     from tests.service_harness import free_port
 
@@ -158,25 +146,9 @@ def _serve(settings, work: Path, args: argparse.Namespace) -> dict:
     service = start_service(settings, port=free_port(), log_path=work / "service.log")
     try:
         service.wait_until_ready(settings.serving.workers, token=READ_TOKEN)
-        return {"load": [_wrk(service.url, script, c, args.seconds) for c in (8, 32)], "workers": settings.serving.workers}
+        return {"load": [run_wrk(service.url, script, c, args.seconds) for c in (8, 32)], "workers": settings.serving.workers}
     finally:
         service.stop()
-
-
-def _wrk(url: str, script: Path, concurrency: int, seconds: int) -> dict:
-    out = subprocess.run(["wrk", f"-t{min(concurrency, 2)}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s",
-                          str(script), url], capture_output=True, text=True, check=True).stdout
-    latency = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)", out, re.M))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {"concurrency": concurrency, "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": _ms(latency["50"]), "p99_ms": _ms(latency["99"]),
-            "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, socket.groups())) if socket else 0)}
-
-
-def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 # --- the parent: one child per stage, timed and measured ----------------------------------------------
@@ -254,7 +226,7 @@ def summary(run: dict) -> dict:
         "materialize_sqlite_rows_per_s": round(users / by["materialize_sqlite"]["seconds"]),
         "materialize_redis_rows_per_s": round(users / by["materialize_redis"]["seconds"]),
         "ndcg10": {name: m.get("NDCG@10") for name, m in evaluation["baselines"].items() if name != "users"},
-        "serve_c8_p99_ms": load[8]["p99_ms"], "serve_c32_rps": load[32]["requests_per_s"],
+        "serve_c8_p99_ms": load[8]["p99_ms"], "serve_c32_rps": load[32]["rps"],
         "serve_errors": sum(level["errors"] for level in load.values()),
     }
 
