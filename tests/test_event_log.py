@@ -152,6 +152,7 @@ def test_appends_while_compacting_are_neither_lost_nor_doubled(log_dir):
     stop = threading.Event()
     sent: list[pd.DataFrame] = []
     errors: list[BaseException] = []
+    first_append = threading.Event()
 
     def writer(name: str) -> None:
         log = event_log.EventLog(log_dir)
@@ -161,20 +162,27 @@ def test_appends_while_compacting_are_neither_lost_nor_doubled(log_dir):
                 group = make_events(f"{name}-{k}", 2)
                 log.append(group)
                 sent.append(group)
+                first_append.set()
                 k += 1
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(f"w{n}",)) for n in range(2)]
+    # daemon, and stopped in `finally`: a failed assertion must not leave writers appending
+    # forever (that kept the interpreter alive until CI killed it)
+    threads = [threading.Thread(target=writer, args=(f"w{n}",), daemon=True) for n in range(2)]
     for t in threads:
         t.start()
-    for _ in range(4):
-        event_log.compact(log_dir)
-        snapshot = event_log.raw_events(log_dir)
-        assert snapshot.groupby(["user_id", "event_id"]).size().max() == 1  # never a double, mid-stream
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        assert first_append.wait(timeout=30), errors
+        for _ in range(4):
+            event_log.compact(log_dir)
+            snapshot = event_log.raw_events(log_dir)
+            assert len(snapshot) > 0  # what was acknowledged before stays readable mid-compaction
+            assert snapshot.groupby(["user_id", "event_id"]).size().max() == 1  # never a double, mid-stream
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
     assert not errors
     event_log.compact(log_dir)
     assert counts(event_log.raw_events(log_dir)) == expected(*sent)
