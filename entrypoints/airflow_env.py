@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -41,7 +42,34 @@ def airflow_variables(settings: Settings) -> dict[str, str]:
     }
     if settings.airflow.sql_alchemy_conn:
         variables["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = settings.airflow.sql_alchemy_conn
+    variables["AIRFLOW__CORE__EXECUTOR"] = settings.airflow.executor
+    if settings.airflow.executor == "CeleryExecutor":
+        variables.update(celery_variables(settings))
     return variables
+
+
+def celery_variables(settings: Settings) -> dict[str, str]:
+    """The CeleryExecutor's ``AIRFLOW__CELERY__*`` variables (and how a task names its worker)."""
+    celery = settings.airflow.celery
+    variables = {
+        "AIRFLOW__CELERY__BROKER_URL": celery.broker_url,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(celery.worker_concurrency),
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "entrypoints.airflow_env.worker_hostname",
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "entrypoints.celery_worker.CELERY_CONFIG",
+    }
+    if celery.result_backend:
+        variables["AIRFLOW__CELERY__RESULT_BACKEND"] = celery.result_backend
+    return variables
+
+
+def worker_hostname() -> str:
+    """The host a task instance records (Airflow's ``hostname_callable``): inside a Celery worker its
+    node name (``celery@w1``), so two workers on one machine stay apart in the UI and the REST API;
+    elsewhere (scheduler, API server) the machine's name, as Airflow's default."""
+    from celery import current_task  # only Celery workers call this with a task running
+
+    request = current_task.request if current_task else None
+    return getattr(request, "hostname", None) or socket.getfqdn()
 
 
 def airflow_env(settings: Settings, **extra: str) -> dict[str, str]:

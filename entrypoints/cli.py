@@ -24,7 +24,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("entrypoints.commands.training:evaluate", "Evaluate a model version with its own protocol, baselines in the same run."),
     "compress": ("entrypoints.commands.compress:compress", "Quantize, prune, distil and export a model; measure every variant against the folded FP32 model; pick the served one."),
     "models": ("entrypoints.commands.models:models", "The model versions: list them (the default), promote one, roll production back."),
+    "experiment": ("entrypoints.commands.experiments:experiment", "The live experiment: per-arm rates, and the online test that promotes or stops challengers."),
+    "monitor": ("entrypoints.commands.monitor:monitor", "The daily drift and health report (HTML + JSON + plots under reports/monitoring/)."),
     "demo": ("entrypoints.commands.demo:demo", "Run ShopRec end to end on embedded defaults: data -> Airflow DAGs -> served model -> live answer."),
+    "serve": ("entrypoints.commands.serving:serve", "Serve recommendations: N bentoml serve replicas behind haproxy on one address."),
+    "balancer": ("entrypoints.commands.serving:balancer", "Run haproxy in front of serving replicas that run elsewhere (containers)."),
+    "airflow": ("entrypoints.airflow_services:main", "Run Airflow as separate services: API server, scheduler, DAG processor, Celery workers."),
 }
 
 

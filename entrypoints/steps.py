@@ -5,6 +5,8 @@ shoprec_features:  pick_batches -> validate_and_ingest -> build_features -> feas
                    compact_event_log (every hour) -> build_features
 shoprec_training:  enough_new_data -> training_set -> train -> compress -> evaluate -> gate
                    -> release -> deploy -> smoke_test
+shoprec_monitoring: monitoring_report (daily: the drift and health report)
+shoprec_experiments: online_experiment (hourly: the live experiment's online test; promote or stop)
 
 What one task hands the next crosses Airflow's XCom as a plain dict: a step takes the
 upstream dicts (``TrainingSet.from_dict`` ...), works on typed results and returns their
@@ -23,7 +25,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from entrypoints.inbox import INBOX_FORMAT, inbox_batches
@@ -38,7 +40,7 @@ __all__ = [
     "compact_event_log", "compress",
     "deploy", "enough_new_data", "evaluate", "feast_apply", "gate", "materialize", "pick_batches", "release",
     "release_challenger", "run_settings", "smoke_test", "task_defaults", "train", "training_set",
-    "validate_and_ingest",
+    "validate_and_ingest", "ThresholdsBroken", "monitoring_report", "online_experiment",
 ]
 
 
@@ -272,3 +274,50 @@ def smoke_test(settings: Settings, released: Release) -> dict[str, Any]:
 
     return client.verify_deployment(settings, released.version, url=settings.airflow.service_url or None).to_dict()
 
+
+# --- shoprec_monitoring -------------------------------------------------------------------
+
+
+class ThresholdsBroken(RuntimeError):
+    """The daily report found drift or staleness beyond its thresholds (the report is written and
+    named in the message); a retry reads the same data: no retry."""
+
+
+def monitoring_report(settings: Settings, day: date, now: datetime | None = None) -> dict[str, Any]:
+    """The drift and health report of ``day`` (``training.monitoring.daily_report``): HTML, JSON
+    and PNGs under ``<home>/reports/monitoring/<day>/``; ThresholdsBroken when a threshold breaks."""
+    from training.monitoring import daily_report  # heavy (Feast, matplotlib): see the module docstring
+
+    report, files = daily_report(settings, day, now)
+    log.info("%s", report.summary())  # Airflow's task log; the CLI prints the result itself
+    log.info("monitoring report: %s", files.html)
+    if not report.ok:
+        broken = "; ".join(b.message for b in report.breaches)
+        raise ThresholdsBroken(f"monitoring {report.day}: {broken} (report: {files.html})")
+    return {**files.to_dict(), "ok": report.ok, "summary": report.summary()}
+
+
+# --- shoprec_experiments --------------------------------------------------------------------
+
+
+def online_experiment(settings: Settings) -> dict[str, Any]:
+    """The live experiment's online test (``training.online_test``) on the impression logs so
+    far: a challenger that wins is released (``release``: loaded as the service loads it, then
+    promoted through the registry), one that loses or draws at the horizon is stopped; the final
+    verdicts go to the decision log, which the service follows (no traffic to a finished arm)."""
+    from shoprec import impressions  # heavy (pandas, the logs): see the module docstring
+    from training import online_test  # heavy (torch, through training): see the module docstring
+
+    experiment = settings.experiments
+    if not experiment.name or not experiment.challengers:
+        return {"experiment": None, "arms": [], "promoted": None}
+    if "promote" in online_test.finished(settings, experiment.name).values():
+        return {"experiment": experiment.name, "arms": [], "promoted": None, "finished": True}
+    impressions.compact(settings)
+    decision = online_test.decide(impressions.arm_stats(impressions.attribute(settings)), settings)
+    for arm in decision.arms:
+        log.info("experiment %s, arm %s (%s): %s: %s", arm.experiment, arm.arm, arm.version, arm.verdict, arm.reason)
+    if decision.promoted is not None:  # released before recorded: a crash between them decides again
+        release(decision.promoted.version, settings)
+    online_test.record(decision, settings)
+    return decision.to_json()

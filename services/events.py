@@ -17,6 +17,10 @@ the first attempt (so they get the same derived ids). The answer says what was w
 ``{"accepted": n, "duplicates": m, "written": [event ids], "duplicate_ids": [...],
 "erased_ids": [...]}``; events of a user in the erasure ledger are dropped, never written.
 
+An event may name the answer it came from (``recommendation_id``, as /recommend gave it): the
+link goes to the impression links log (``ImpressionSink.linked``, off the request path) once
+the event is written, and attribution (``shoprec.impressions.attribute``) prefers it.
+
 Only an online-store outage trips the store guard (``StoreGuard``); a refused event or a
 bug answers its own error and leaves /recommend alone.
 """
@@ -30,6 +34,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from services.bundle import CurrentModel
+from services.experiments import ImpressionSink
 from services.guards import Limits, RequestError
 from services.resilience import StoreGuard
 from shoprec.config import Settings
@@ -42,7 +47,7 @@ from shoprec.features.online import (
     OnlineStoreBusy,
 )
 from shoprec.schema import SchemaError
-from shoprec.validation import validate_event_records
+from shoprec.validation import check_id, id_rules, validate_event_records
 
 RETRY_HINT = "retry with the same Idempotency-Key (or event_ids): nothing is written twice"
 
@@ -71,12 +76,14 @@ class Replayed:
 
 class EventIngest:
     def __init__(self, settings: Settings, model: CurrentModel, features: OnlineFeatures | None,
-                 store: StoreGuard, limits: Limits):
+                 store: StoreGuard, limits: Limits, impressions: ImpressionSink | None = None):
         self.settings = settings
         self.model = model
         self.features = features
         self.store = store
         self.limits = limits
+        self.impressions = impressions
+        self._id_rules = id_rules("recommendation_id", settings.validation.max_id_length, required=False)
 
     def ingest(self, records: list, idempotency_key: str | None = None) -> EventsWritten | Replayed:
         """Validate every event; all valid -> each one online and in the event log once, else nothing."""
@@ -91,7 +98,7 @@ class EventIngest:
         if claim is not None and claim.stamp != now:  # a retry: the first attempt's server time
             events = self.validate(records, claim.stamp)
         try:
-            pushed = self.features.push_records(events)
+            pushed = self.features.push_records([_event_part(r) for r in events])
             answer = EventsWritten(len(pushed.written), len(pushed.duplicates), pushed.written, pushed.duplicates,
                                    pushed.erased)
             if key is not None:
@@ -106,6 +113,8 @@ class EventIngest:
             # the events could not be written as given: the caller's problem, not the store's
             raise RequestError(f"events refused by the feature store: {exc}; {RETRY_HINT}") from exc
         self.store.succeeded()
+        if self.impressions is not None:  # a retry links again: a lost first link is made, a kept one read once
+            self.impressions.linked([r for r in events if r.get("recommendation_id") is not None], now)
         return answer
 
     def _claim(self, key: str | None, records: list, now: pd.Timestamp) -> KeyClaim | None:
@@ -121,17 +130,27 @@ class EventIngest:
 
     def validate(self, records: list, now: pd.Timestamp | None = None) -> list[dict]:
         """The request's events, checked against the rules (RequestError 422 with every bad event);
-        those without a timestamp get ``now`` (the server's time). A whole frame per request
-        (``accept_events``) cost 1 ms of a 1-event request: the push's group conforms them."""
+        those without a timestamp get ``now`` (the server's time); a ``recommendation_id`` must be an
+        id. A whole frame per request (``accept_events``) cost 1 ms of a 1-event request: the push's
+        group conforms them."""
         self.limits.check_events(records)
         stamp = (now or pd.Timestamp.now(tz="UTC")).isoformat()
         records = [{**r, "timestamp": stamp} if isinstance(r, dict) and r.get("timestamp") is None else r for r in records]
-        errors = validate_event_records(records, self.settings, known_items=self.model.bundle().known_items)
+        errors = validate_event_records([_event_part(r) for r in records], self.settings,
+                                        known_items=self.model.bundle().known_items)
+        errors = [e + self._recommendation_id_errors(r) for e, r in zip(errors, records)]
         invalid = [(i, e) for i, e in enumerate(errors) if e]
         if invalid:
             detail = [{"index": i, "errors": e} for i, e in invalid]
             raise RequestError(f"{len(invalid)} of {len(records)} events are invalid; nothing was written", detail=detail)
         return records
+
+    def _recommendation_id_errors(self, record: object) -> list[str]:
+        if not isinstance(record, dict) or record.get("recommendation_id") is None:
+            return []
+        if not isinstance(record["recommendation_id"], str):
+            return ["recommendation_id must be a string"]
+        return check_id(record["recommendation_id"], self._id_rules)[1]
 
     def warm_up(self) -> None:
         """Pay the validation's and a push's first-call costs on a made-up event; writes nothing."""
@@ -139,6 +158,13 @@ class EventIngest:
         self.validate([{"user_id": "warm-up", "item_id": item, "event_type": "view"}])
         if self.features is not None:
             self.features.warm_up()
+
+
+def _event_part(record: object) -> object:
+    """The event of a record: without the ``recommendation_id`` it may name (not an event field)."""
+    if isinstance(record, dict) and "recommendation_id" in record:
+        return {k: v for k, v in record.items() if k != "recommendation_id"}
+    return record
 
 
 def _fingerprint(records: list) -> str:

@@ -4,9 +4,9 @@
   ``RequestError`` (422 by default) and a message that says why. Ids are checked with the
   id rules of ``shoprec.validation`` (the same definition the batch gate and /events use).
 - ``RequestGuard`` (plain ASGI middleware, testable with a fake app), before anything
-  parses the body: every path but the probes, /metrics and the API docs needs
+  parses the body: every path but the probes, /metrics, the API docs and the storefront page needs
   ``Authorization: Bearer <token>`` of its scope (``Tokens``: read for /recommend,
-  /similar_items and /model, write for /events, the API token for everything, /admin
+  /similar_items, /items, /model and /experiments, write for /events, the API token for everything, /admin
   included); a scope with no token configured is closed (401, nothing written). With
   ``serving.public_history_recommend`` a history-only /recommend needs no token (its body
   is read here to tell); a POST body must be JSON (a form-encoded body would otherwise be
@@ -27,12 +27,13 @@ from shoprec.validation import check_id, id_rules
 Scope = Literal["open", "read", "write", "admin"]
 # Open: liveness/readiness probes, Prometheus counts and latencies (no user data; restrict
 # /metrics at the network if even that is private), and BentoML's API docs (no data).
-OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/", "/docs.json", "/schema.json"})
-OPEN_PREFIXES = ("/static_content/", "/assets/")
+# The storefront page (/shop: HTML, JS, CSS, no data) is public too; its API calls carry the shopper's tokens.
+OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/", "/docs.json", "/schema.json", "/shop"})
+OPEN_PREFIXES = ("/static_content/", "/assets/", "/shop/")
 # /model is a read: it tells which version serves and how good it is, nothing a shop's public needs
 SCOPE_OF_PATH: dict[str, Scope] = {"/recommend": "read", "/similar_items": "read", "/model": "read",
-                                   "/events": "write"}
-PUBLIC_HISTORY_FIELDS = frozenset({"history", "k", "exclude_seen", "user_id"})  # user_id only as null
+                                   "/items": "read", "/experiments": "read", "/events": "write"}
+PUBLIC_HISTORY_FIELDS = frozenset({"history", "k", "exclude_seen", "user_id", "session_id"})  # user_id only as null
 
 
 class RequestError(ValueError):

@@ -8,24 +8,36 @@ loop, and one batch does one online read of its users, one model call per served
 version and one online read of its candidates' item state. Fallbacks: trending items for
 an unknown user or a history the model does not know, all-time popularity when the online
 store is unreachable (``fallback: true`` in both).
+
+Every answer has a ``recommendation_id`` and names the ``arm`` and ``experiment`` that served
+it (``services.experiments``: the arm's bundle is the request's, so the batch's "one model call
+per served version" covers the arms too); it is logged as an impression off the request path
+(``ImpressionSink``). A shadow challenger's request rides in the same batch and is only logged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 
 from services.availability import Candidates, ItemStates, pick_available
 from services.batching import AsyncBatcher
 from services.bundle import CurrentModel, ServedBundle
+from services.experiments import Assignment, Experiments, ImpressionSink
 from services.guards import Limits
 from services.ranking import POPULAR, TRENDING, Rules, excluded_items, explain
 from services.resilience import StoreGuard
 from shoprec.config import Settings
 from shoprec.features.online import ItemState, OnlineFeatures
+from shoprec.impressions import Impression
 
+log = logging.getLogger(__name__)
 REASON_WINDOW = 20  # history items considered when explaining a pick
 
 Events = list[tuple[str, str]]  # (item_id, event_type), oldest first
@@ -38,6 +50,10 @@ class RecommendRequest:
     history: list[str] | None
     k: int
     exclude_seen: bool
+    session_id: str | None = None
+    arm: str = "champion"
+    experiment: str | None = None
+    shadow: bool = False  # a challenger's answer in shadow mode: logged, never shown
 
 
 @dataclass(frozen=True)
@@ -57,10 +73,14 @@ class Recommendation:
     items: list[RecommendedItem]
     model_version: str
     fallback: bool
+    recommendation_id: str = ""
+    arm: str = "champion"
+    experiment: str | None = None
 
     def to_json(self) -> dict:
         return {"user_id": self.user_id, "items": [i.to_json() for i in self.items],
-                "model_version": self.model_version, "fallback": self.fallback}
+                "model_version": self.model_version, "fallback": self.fallback,
+                "recommendation_id": self.recommendation_id, "arm": self.arm, "experiment": self.experiment}
 
 
 @dataclass(frozen=True)
@@ -77,9 +97,13 @@ class _Plan:
 class Recommending:
     def __init__(self, settings: Settings, model: CurrentModel, features: OnlineFeatures | None,
                  item_states: ItemStates, store: StoreGuard, limits: Limits,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, experiments: Experiments | None = None,
+                 impressions: ImpressionSink | None = None):
         s = settings.serving
         self.model = model
+        self.experiments = experiments
+        self.impressions = impressions
+        self._shadows: set[asyncio.Task] = set()  # shadow requests in flight (a task is kept while it runs)
         self.features = features
         self.store = store
         self.limits = limits
@@ -88,29 +112,51 @@ class Recommending:
         self.item_states = item_states
         self._batcher = AsyncBatcher(self.answer_batch, s.batch_max_size, s.batch_max_wait_ms / 1000, on_batch)
 
-    def recommend(self, user_id: str | None, history: list[str] | None, k: int, exclude_seen: bool = True) -> Recommendation:
+    def recommend(self, user_id: str | None, history: list[str] | None, k: int, exclude_seen: bool = True,
+                  session_id: str | None = None) -> Recommendation:
         """An answer computed in the calling thread (in-process use)."""
-        return self.answer_batch([self._request(user_id, history, k, exclude_seen)])[0]
+        shown, shadow = self._requests(user_id, history, k, exclude_seen, session_id)
+        return self.answer_batch([shown] if shadow is None else [shown, shadow])[0]
 
     async def recommend_async(self, user_id: str | None, history: list[str] | None, k: int,
-                              exclude_seen: bool = True) -> Recommendation:
-        """The same answer on the service's event loop, batched with concurrent requests."""
-        return await self._batcher.submit(self._request(user_id, history, k, exclude_seen))
+                              exclude_seen: bool = True, session_id: str | None = None) -> Recommendation:
+        """The same answer on the service's event loop, batched with concurrent requests; a shadow
+        request is submitted beside it and not waited for."""
+        shown, shadow = self._requests(user_id, history, k, exclude_seen, session_id)
+        if shadow is not None:
+            task = asyncio.ensure_future(self._batcher.submit(shadow))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadow_done)
+        return await self._batcher.submit(shown)
+
+    def _shadow_done(self, task: asyncio.Task) -> None:
+        self._shadows.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the shown answer is unaffected
+            log.warning("shadow request failed: %s", task.exception())
 
     def warm_up(self) -> None:
-        """Run the request path once (imports, first-use costs of the model and the store reads)."""
+        """Run the request path once (imports, first-use costs of the model and the store reads); logs nothing."""
         bundle = self.model.bundle()
-        self.recommend(None, [bundle.catalog.item_ids[0]], 10)
+        self.answer_batch([self._requests(None, [bundle.catalog.item_ids[0]], 10, True, None)[0]], log=False)
         if self.features is not None:
             self.features.recent_events(["warm-up"])
 
-    def _request(self, user_id, history, k, exclude_seen) -> RecommendRequest:
+    def _requests(self, user_id, history, k, exclude_seen, session_id) -> tuple[RecommendRequest, RecommendRequest | None]:
+        """The request whose answer is shown, and a shadow challenger's (or None)."""
         user_id, history, k = self.limits.check_recommend(user_id, history, k)
-        return RecommendRequest(self.model.bundle(), user_id, history, k, bool(exclude_seen))
+        session_id = None if session_id is None else self.limits.check_id(session_id, "session_id")
+        assigned = (self.experiments.assign(user_id, session_id) if self.experiments is not None
+                    else Assignment(None, "champion", self.model.bundle()))
+        shown = RecommendRequest(assigned.bundle, user_id, history, k, bool(exclude_seen), session_id,
+                                 assigned.arm, assigned.experiment)
+        if assigned.shadow_bundle is None:
+            return shown, None
+        return shown, replace(shown, bundle=assigned.shadow_bundle, arm=assigned.shadow_arm, shadow=True)
 
     # --- the batched step ------------------------------------------------------------------
-    def answer_batch(self, requests: list[RecommendRequest]) -> list[Recommendation]:
-        """The answers of concurrent requests, their store reads and model calls shared."""
+    def answer_batch(self, requests: list[RecommendRequest], log: bool = True) -> list[Recommendation]:
+        """The answers of concurrent requests, their store reads and model calls shared; each
+        logged as an impression (``log``)."""
         events = self._events(requests)
         known = [[(r.bundle.catalog.index[i], t) for i, t in e or () if i in r.bundle.catalog.index]
                  for r, e in zip(requests, events)]
@@ -119,7 +165,17 @@ class Recommending:
         problems = [self._candidates(r, p) for r, p in zip(requests, plans)]
         read = self.item_states.reader(requests[0].bundle.last_known)  # one read for the batch, whatever its versions
         picks, states = pick_available(problems, read, self.rules.hide_unavailable)
-        return [self._answer(r, p, pk, states) for r, p, pk in zip(requests, plans, picks)]
+        answers = [self._answer(r, p, pk, states) for r, p, pk in zip(requests, plans, picks)]
+        if log and self.impressions is not None:
+            self._log(requests, answers)
+        return answers
+
+    def _log(self, requests: list[RecommendRequest], answers: list[Recommendation]) -> None:
+        now = pd.Timestamp.now(tz="UTC")
+        for r, a in zip(requests, answers):
+            self.impressions.shown(Impression(a.recommendation_id, now, r.user_id, r.session_id,
+                                              [i.item_id for i in a.items], a.model_version, r.arm, r.experiment,
+                                              r.shadow, a.fallback))
 
     def _events(self, requests: list[RecommendRequest]) -> list[Events | None]:
         """Each request's events: its user's from the online store (None: unreachable), or its history."""
@@ -178,4 +234,5 @@ class Recommending:
             RecommendedItem(catalog.item_ids[i], round(float(plan.scores[i]), 6), reason, states[catalog.item_ids[i]].price)
             for i, reason in zip(picks, reasons)
         ]
-        return Recommendation(request.user_id, items, bundle.version, plan.fallback)
+        return Recommendation(request.user_id, items, bundle.version, plan.fallback, uuid.uuid4().hex,
+                              request.arm, request.experiment)

@@ -15,22 +15,26 @@ checks them before any route runs). See docs/service.md for the API and its auth
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
 import torch
 from bentoml.validators import ContentType
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from starlette.responses import JSONResponse
+from starlette.staticfiles import StaticFiles
 
+from services import metrics
 from services.availability import ItemStates
+from services.browsing import CatalogBrowsing
 from services.bundle import CurrentModel
 from services.erasure import Erasure
 from services.events import EventIngest
+from services.experiments import Experiments, ImpressionSink
 from services.guards import Limits, RequestError, RequestGuard
 from services.recommending import Recommending
 from services.resilience import StoreGuard, settle_heap
@@ -41,24 +45,12 @@ from shoprec.features.online import OnlineFeatures
 log = logging.getLogger(__name__)
 settings = load_settings()
 http_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+STOREFRONT_DIR = Path(__file__).resolve().parent / "storefront"
+# the storefront page: static files, public (guards.OPEN_PATHS); it calls the API with the shopper's tokens
+http_app.mount("/shop", StaticFiles(directory=STOREFRONT_DIR, html=True), name="storefront")
 # A declared media type: otherwise BentoML derives it from a JSON schema it rebuilds
 # for every response, a fifth of the event loop's time per /recommend.
 JSON = Annotated[dict, ContentType("application/json")]
-answers_total = bentoml.metrics.Counter(
-    name="shoprec_recommendations_total",
-    documentation="Recommendation answers by kind (model or fallback)",
-    labelnames=["kind"],
-)
-batch_sizes = bentoml.metrics.Histogram(
-    name="shoprec_recommend_batch_size",
-    documentation="/recommend requests that shared one online-store read and model call",
-    buckets=(1, 2, 4, 8, 16, 32, 64),
-)
-
-
-@functools.cache
-def _answers_of_kind(kind: str):
-    return answers_total.labels(kind=kind)
 
 
 def _respond(call: Callable[..., Any], *args: Any) -> Any:
@@ -88,15 +80,20 @@ class ShopRecService:
         limits = Limits.from_settings(settings)
         item_states = ItemStates(features.item_states, store)  # one per worker: its cache serves both
         self.model = CurrentModel(settings)
+        self.experiments = Experiments(settings, self.model)  # the champion and the challengers' arms
+        self.impressions = ImpressionSink(settings)
         self.recommending = Recommending(settings, self.model, features, item_states, store, limits,
-                                         on_batch=batch_sizes.observe)
+                                         on_batch=metrics.batch_sizes.observe, experiments=self.experiments,
+                                         impressions=self.impressions)
         self.similar = SimilarItems(settings, self.model, item_states, limits)
-        self.events_in = EventIngest(settings, self.model, features, store, limits)
+        self.events_in = EventIngest(settings, self.model, features, store, limits, self.impressions)
         self.erasure = Erasure(settings, features, limits)
+        self.browsing = CatalogBrowsing(settings, self.model, item_states, limits)
         self.store = store
         # load in the background: /livez answers at once, /readyz once a model serves
         threading.Thread(target=self._load_and_warm_up, name="initial-model-load", daemon=True).start()
         self.model.holder.watch(settings.serving.reload_poll_seconds)
+        self.experiments.start(settings.serving.reload_poll_seconds)
 
     def _load_and_warm_up(self) -> None:
         self.model.holder.refresh()
@@ -114,14 +111,15 @@ class ShopRecService:
 
     @bentoml.api(route="/recommend")
     async def recommend(
-        self, user_id: str | None = None, history: list[str] | None = None, k: int = 10, exclude_seen: bool = True
+        self, user_id: str | None = None, history: list[str] | None = None, k: int = 10, exclude_seen: bool = True,
+        session_id: str | None = None,
     ) -> JSON:
         # on the event loop, not in a request thread: no thread hand-off per request
         try:
-            answer = await self.recommending.recommend_async(user_id, history, k, exclude_seen)
+            answer = await self.recommending.recommend_async(user_id, history, k, exclude_seen, session_id)
         except RequestError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
-        _answers_of_kind("fallback" if answer.fallback else "model").inc()
+        metrics.answers_of_kind("fallback" if answer.fallback else "model").inc()
         # a ready response: BentoML's output model would only validate and re-encode the dict
         return JSONResponse(answer.to_json())
 
@@ -151,6 +149,17 @@ class ShopRecService:
     def admin_erasure(self, job_id: str) -> JSONResponse:
         answer = _respond(self.erasure.status, job_id)
         return answer if isinstance(answer, JSONResponse) else JSONResponse(answer)
+
+    @http_app.get("/items")
+    def items(self, offset: int = 0, limit: int = 24, q: str | None = None,
+              ids: Annotated[list[str] | None, Query()] = None) -> JSONResponse:
+        answer = _respond(self.browsing.items, offset, limit, q, ids)
+        return answer if isinstance(answer, JSONResponse) else JSONResponse(answer)
+
+    @http_app.get("/experiments")
+    def experiments_report(self) -> JSONResponse:
+        """Per arm impressions and rates with intervals, and the online test's decision as of now."""
+        return JSONResponse(self.experiments.report().to_json())
 
     @http_app.get("/model")
     def model_info(self) -> dict:

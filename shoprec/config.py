@@ -90,6 +90,19 @@ class OnlineStoreSettings(Section):
     key_ttl_seconds: int | None = None
 
 
+class OfflineStoreSettings(Section):
+    """Which engine builds the feature tables and serves the offline reads (docs/scaling.md, "Offline engine")."""
+
+    # duckdb: the tables built in bulk by pandas/numpy, Feast's DuckDB offline store; spark: the
+    # tables' SQL (``features.table_sql``) on Spark, Feast's Spark offline store for training sets
+    # and the reads of materialization
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    spark_master: str = "local[2]"  # local mode on this machine; a cluster's spark:// or yarn URL scales out
+    spark_driver_memory: str = "2g"
+    spark_shuffle_partitions: int = Field(4, ge=1)  # Spark's 200 is for clusters: 200 tasks per shuffle here
+    spark_ui_port: int | None = None  # None: the Spark UI is off
+
+
 class RegistrySettings(Section):
     type: Literal["file", "sql"] = "file"
     sql_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/shoprec"
@@ -189,7 +202,10 @@ class TrainingSettings(Section):
     preset: Literal["quick", "full"] = "full"  # the hyperparameter preset of the model's YAML
     overrides: dict[str, Any] = Field(default_factory=dict)  # hyperparameters on top of the preset
     device: str = "auto"
-    num_threads: int = 0  # 0 = all cores
+    num_threads: int = 0  # 0 = all cores (with several processes: the cores shared evenly)
+    # >1: train under torchrun with DistributedDataParallel, this many processes (training.distributed)
+    processes: int = Field(1, ge=1)
+    master_port: int = Field(0, ge=0, le=65535)  # torchrun's rendezvous port; 0 = --standalone (a free port)
 
     @model_validator(mode="before")
     @classmethod
@@ -225,6 +241,39 @@ class CompressionSettings(Section):
     min_speedup: float = Field(1.5, gt=0.0)  # folded batch-1 p50 / variant batch-1 p50
 
 
+class ChallengerArm(Section):
+    """One challenger of an experiment: a registry version and its share of the traffic."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # the arm's label in answers, impressions, /experiments
+    version: str  # a model version of the registry (loaded like the champion: services.bundle)
+    percent: float = Field(gt=0.0, le=100.0)
+
+
+class ExperimentSettings(Section):
+    """The live experiment (champion vs challengers), impression logging and attribution."""
+
+    name: str = ""  # "" = no experiment: every answer is the champion's
+    challengers: list[ChallengerArm] = []  # the champion gets what their percents leave
+    shadow: bool = False  # challengers score their slice, but the champion's answer is shown
+    log_impressions: bool = True  # every /recommend answer to the offline impression log
+    impression_queue_size: int = Field(100_000, ge=1)  # answers waiting for the log writer; beyond: dropped, counted
+    # a view / cart / purchase of a shown item by the same user or session this long after the
+    # impression is attributed to it (also the limit for an event naming its recommendation_id)
+    attribution_window_seconds: float = Field(1800.0, gt=0.0)
+    metric: Literal["clicked", "added", "purchased"] = "clicked"  # what the online test compares
+    min_impressions_per_arm: int = Field(1000, ge=10)  # the fixed horizon: no decision before every arm has it
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)  # two-sided, split over the challengers (Bonferroni)
+
+    @model_validator(mode="after")
+    def _arms_fit(self) -> "ExperimentSettings":
+        names = [c.name for c in self.challengers]
+        if "champion" in names or len(set(names)) != len(names):
+            raise ValueError("challenger names must be unique and not 'champion'")
+        if sum(c.percent for c in self.challengers) > 100.0:
+            raise ValueError("challenger percents add up to more than 100")
+        return self
+
+
 class PromotionSettings(Section):
     """The champion/challenger policy of the training DAG."""
 
@@ -234,7 +283,20 @@ class PromotionSettings(Section):
     latency_budget_ms: float = Field(100.0, gt=0.0)  # batch-1 p50 of the model that would be served
 
 
+class CelerySettings(Section):
+    """The CeleryExecutor's queue and results (docs/scaling.md, "Airflow on Celery workers")."""
+
+    # Redis as the broker, on a database of its own: Feast's online store keeps db 0
+    broker_url: str = "redis://127.0.0.1:6379/1"
+    # where Celery keeps task states; None = Airflow's metadata database (db+ its sql_alchemy_conn)
+    result_backend: str | None = None
+    worker_concurrency: int = Field(2, ge=1)  # task slots per `airflow celery worker`
+
+
 class AirflowSettings(Section):
+    # LocalExecutor runs tasks beside the scheduler; CeleryExecutor queues them for `airflow celery worker`s
+    executor: Literal["LocalExecutor", "CeleryExecutor"] = "LocalExecutor"
+    celery: CelerySettings = CelerySettings()
     port: int = 8080
     parallelism: int = 4
     sql_alchemy_conn: str | None = None  # None = SQLite under home
@@ -243,6 +305,37 @@ class AirflowSettings(Section):
     task_timeout_minutes: float = 60.0
     alert_webhook_url: str = ""  # SHOPREC_AIRFLOW__ALERT_WEBHOOK_URL: POSTed a JSON alert on task failure
     service_url: str = ""  # the running recommender the deploy task hot-swaps; "" = localhost:serving.port
+
+    @model_validator(mode="after")
+    def _celery_needs_a_server_database(self) -> "AirflowSettings":
+        # workers on other hosts share the metadata database: SQLite is one process's file
+        if self.executor == "CeleryExecutor" and not self.sql_alchemy_conn:
+            raise ValueError("airflow.executor CeleryExecutor needs airflow.sql_alchemy_conn (PostgreSQL), not SQLite")
+        return self
+
+
+class MonitoringSettings(Section):
+    """The daily drift and health report (``shoprec.monitoring``) and the thresholds that fail it.
+
+    A threshold of 0 (the ``min_*``) or of 1 (a share) turns its check off."""
+
+    reference_days: int = Field(7, ge=1)  # the report's day is compared with the days before it
+    # item popularity: the reference window's top N items, the rest as one bin (more bins, more sampling noise:
+    # 1,000 events a day over 100 bins read a PSI near 0.1 from noise alone)
+    top_items: int = Field(20, ge=1)
+    freshness_sample_users: int = Field(1000, ge=1)  # users of the day whose online rows are read
+    ctr_days: int = Field(14, ge=1)  # online CTR per model version over this many days up to the report's
+    # the thresholds: above a max_ or below a min_, the report fails (its task alerts)
+    min_events: int = Field(1, ge=0)  # events of the day: fewer means the event stream stopped
+    max_event_mix_js: float = Field(0.05, ge=0.0, le=1.0)  # Jensen-Shannon divergence (base 2) of the event-type mix
+    # population stability index of the item distribution (top N + rest); the synthetic shop's popularity
+    # trend alone reads 0.3 a day, a changed assortment or a broken item feed well above 1
+    max_item_psi: float = Field(0.5, ge=0.0)
+    max_unknown_item_share: float = Field(0.2, ge=0.0, le=1.0)  # events on items the served model does not know
+    max_unknown_user_share: float = Field(1.0, ge=0.0, le=1.0)  # users the served model never trained on (1: off)
+    max_feature_age_hours: float = Field(48.0, gt=0.0)  # p95 age of the sampled users' online rows
+    min_ctr: float = Field(0.0, ge=0.0, le=1.0)  # the production version's online CTR of the day (0: off)
+    min_impressions_for_ctr: int = Field(100, ge=1)  # ... judged only with this many impressions
 
 
 TOKEN_VARIABLES = {"api_token": "SHOPREC_API_TOKEN", "read_token": "SHOPREC_READ_TOKEN",
@@ -265,6 +358,21 @@ def token_problem(token: str) -> str | None:
     return None
 
 
+class BalancerSettings(Section):
+    """Serving replicas behind one address (``shoprec serve --replicas N``, ``shoprec balancer``):
+    haproxy from Debian in front of ``bentoml serve`` processes that share the online store and
+    the model registry (docs/scaling.md, "Serving replicas"). The balancer listens on
+    ``serving.port``, the one address clients and the deploy task use."""
+
+    replicas: int = Field(1, ge=1)  # bentoml serve processes `shoprec serve` starts (1: no balancer)
+    first_replica_port: int = Field(3010, ge=1, le=65535)  # replica i (0-based) listens on this + i
+    servers: list[str] = []  # `shoprec balancer` without --replica: each replica's host:port
+    health_interval_ms: int = Field(500, ge=100)  # GET /readyz per replica; 3 failures take it out, 2 passes back
+    retries: int = Field(3, ge=0)  # a request a replica failed is tried again, each time on another replica
+    connect_timeout_ms: int = Field(1000, ge=1)
+    haproxy: str = "haproxy"  # the executable (Debian: apt-get install haproxy)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SHOPREC_", env_nested_delimiter="__", extra="forbid",
@@ -283,12 +391,16 @@ class Settings(BaseSettings):
     cleaning: CleaningSettings = CleaningSettings()
     features: FeatureSettings = FeatureSettings()
     online_store: OnlineStoreSettings = OnlineStoreSettings()
+    offline_store: OfflineStoreSettings = OfflineStoreSettings()
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     training: TrainingSettings = TrainingSettings()
     compression: CompressionSettings = CompressionSettings()
     promotion: PromotionSettings = PromotionSettings()
     airflow: AirflowSettings = AirflowSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    experiments: ExperimentSettings = ExperimentSettings()
+    balancer: BalancerSettings = BalancerSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -130,6 +130,23 @@ def erased_keys(settings: Settings) -> frozenset[str]:
         return frozenset(r[0] for r in conn.execute("SELECT DISTINCT user_key FROM erasures"))
 
 
+class ErasedKeys:
+    """``erased_keys``, read again only when the ledger file changed (a stat per call): what a
+    writer checks right before it writes, so that an erased user's rows are never written."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._cache: tuple[tuple[int, int] | None, frozenset[str]] = (None, frozenset())
+
+    def current(self) -> frozenset[str]:
+        path = ledger_path(self.settings)
+        # WAL mode: a new record lands in the -wal file before the main file changes
+        stamp = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (path, path.with_name(path.name + "-wal")))
+        if self._cache[0] != stamp:
+            self._cache = (stamp, erased_keys(self.settings))
+        return self._cache[1]
+
+
 def erased_mask(user_ids: pd.Series, keys: frozenset[str]) -> pd.Series:
     """True where the row's user is in ``keys``: each distinct id hashed once, rows selected by isin."""
     if not keys or not len(user_ids):

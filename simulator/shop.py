@@ -160,6 +160,27 @@ def write_generated(batch: Batch, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
+@dataclass(frozen=True)
+class Tastes:
+    """The latent tastes of a generated shop's users, and what its items are (``simulator.customers``)."""
+
+    user_ids: np.ndarray
+    user_category: np.ndarray  # per user: their category index
+    user_brand: np.ndarray  # per user: their favourite brand index
+    item_ids: np.ndarray
+    item_category: np.ndarray
+    item_brand: np.ndarray
+    next_items: np.ndarray  # (n_items, 3): where a session often goes on from an item
+
+
+def tastes_of(metadata: dict) -> Tastes:
+    """The tastes of the world a batch was generated from (its ``metadata``: seed and sizes)."""
+    world = _World.build(int(metadata["n_users"]), int(metadata["n_items"]), int(metadata["seed"]),
+                         Behaviour(**metadata.get("behaviour", {})))
+    return Tastes(world.user_ids, world.user_category, world.user_brand, world.item_ids, world.category, world.brand,
+                  world.next_items)
+
+
 # --- the world: catalog and users -------------------------------------------------
 
 

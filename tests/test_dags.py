@@ -70,7 +70,7 @@ def states(run) -> dict[str, str]:
 
 def test_every_dag_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"shoprec_features", "shoprec_training"}
+    assert set(dagbag.dag_ids) == {"shoprec_features", "shoprec_training", "shoprec_monitoring", "shoprec_experiments"}
 
 
 def test_features_graph_is_validate_then_features_then_materialize(dagbag):
@@ -98,6 +98,12 @@ def test_training_graph_runs_every_step_in_order_behind_the_gate(dagbag):
     assert dag.get_task("release").upstream_task_ids >= {"gate"}
     assert set(dag.params) >= {"mode", "preset", "overrides", "compression"}
     assert "shoprec_features" in str(dag.timetable) and "0 3 * * *" in str(dag.timetable)
+
+
+def test_experiments_graph_is_one_hourly_online_test(dagbag):
+    dag = dagbag.get_dag("shoprec_experiments")
+    assert [t.task_id for t in dag.tasks] == ["online_test"]
+    assert "30 * * * *" in str(dag.timetable)
 
 
 def test_every_task_has_retries_backoff_timeout_and_alert(dagbag):

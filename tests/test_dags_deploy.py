@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from entrypoints.airflow_env import DAGS_DIR, airflow_env, airflow_variables
+from entrypoints.airflow_env import DAGS_DIR, airflow_env, airflow_variables, worker_hostname
 from entrypoints.steps import NotServable, release, run_settings
 from services.client import ServiceError, deploy, verify_deployment
 from shoprec.config import REPO_ROOT, load_hyperparameters, load_settings
@@ -23,7 +23,7 @@ from training.models import new_model
 from training.registry import production_version, promote, promotion_history
 
 COMPOSE = shutil.which("docker-compose")
-AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
+AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"}
 
 
 def test_airflow_env_follows_the_settings(home):
@@ -59,6 +59,29 @@ def test_embedded_defaults_leave_airflow_on_sqlite(home):
     assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in airflow_variables(load_settings())
 
 
+def test_the_executor_setting_switches_airflow_to_celery(home):
+    local = airflow_variables(load_settings())
+    assert local["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor" and not any("CELERY" in name for name in local)
+    settings = load_settings(airflow={
+        "executor": "CeleryExecutor", "sql_alchemy_conn": "postgresql+psycopg2://u@db:5432/airflow",
+        "celery": {"broker_url": "redis://r:6379/13", "result_backend": "db+postgresql+psycopg2://u@db:5432/results",
+                   "worker_concurrency": 3}})
+    variables = airflow_variables(settings)
+    assert variables["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert variables["AIRFLOW__CELERY__BROKER_URL"] == "redis://r:6379/13"
+    assert variables["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql+psycopg2://u@db:5432/results"
+    assert variables["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "3"
+    assert variables["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] == "entrypoints.celery_worker.CELERY_CONFIG"
+    # outside a Celery task (scheduler, API server) a task's host is the machine's name
+    assert variables["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "entrypoints.airflow_env.worker_hostname"
+    assert worker_hostname() == socket.getfqdn()
+
+
+def test_celery_workers_refuse_sqlite_metadata(home):
+    with pytest.raises(ValueError, match="CeleryExecutor needs airflow.sql_alchemy_conn"):
+        load_settings(airflow={"executor": "CeleryExecutor"})
+
+
 def compose_config(env_file: str, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [COMPOSE, "-f", "docker-compose.yml", "--env-file", env_file, "config"],
@@ -77,10 +100,15 @@ def test_compose_file_is_valid_and_complete():
         assert "healthcheck" in services[name], name
     for name in AIRFLOW_SERVICES:
         env = services[name]["environment"]
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        # Airflow and the settings the tasks load name the same executor, queue and results
+        assert env["AIRFLOW__CORE__EXECUTOR"] == env["SHOPREC_AIRFLOW__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == env["SHOPREC_AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/1"
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
         assert env["SHOPREC_PROFILE"] == "production"
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["recommender"]["command"][:2] == ["bentoml", "serve"]
+    assert services["airflow-worker"]["command"] == ["airflow", "celery", "worker"]
+    assert services["airflow-worker"]["deploy"]["replicas"] == 2
 
 
 @pytest.mark.skipif(COMPOSE is None, reason="docker-compose (Debian's 1.29) is not installed")

@@ -59,7 +59,8 @@ def settings_of(shop):
 def test_recommend_for_a_known_user(shop, server):
     status, body = call(server, "POST", "/recommend", {"user_id": known_user(shop), "k": 5}, token=READ_TOKEN)
     assert status == 200, body
-    assert set(body) == {"user_id", "items", "model_version", "fallback"}
+    assert set(body) == {"user_id", "items", "model_version", "fallback", "recommendation_id", "arm", "experiment"}
+    assert len(body["recommendation_id"]) == 32 and (body["arm"], body["experiment"]) == ("champion", None)
     assert body["fallback"] is False and body["model_version"] == shop["version"] and len(body["items"]) == 5
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
@@ -190,6 +191,18 @@ def test_model_endpoint_and_builtin_probes(shop, server):
         assert call(server, "GET", probe)[0] == 200
     status, text = call(server, "GET", "/metrics")
     assert status == 200 and "shoprec_recommendations_total" in text
+
+
+def test_a_real_scrape_has_what_the_grafana_dashboard_reads(shop, server):
+    """BentoML's request metrics the dashboard queries (``services.metrics.BENTOML_METRICS``, which
+    tests/test_monitoring.py checks the dashboard against) and the impression counter, scraped."""
+    from services.metrics import BENTOML_METRICS
+
+    assert call(server, "POST", "/recommend", {"user_id": known_user(shop), "k": 3}, token=READ_TOKEN)[0] == 200
+    status, text = call(server, "GET", "/metrics")
+    samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    names = {name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for name in samples}
+    assert status == 200 and set(BENTOML_METRICS) | {"shoprec_impressions_total"} <= names, sorted(names)
 
 
 # --- /events and auth ---------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from shoprec import lake
 from shoprec.adapters import read_batch
 from shoprec.config import SHARED_DATA_DIR
 from shoprec.features.sequence import recent_items
-from shoprec.features.store import training_set
 from shoprec.schema import conform_events
 from training.vocab import PAD, ItemVocab, pad_left  # noqa: F401  (pad_left: callers import it from here)
 
@@ -47,6 +46,8 @@ def feature_store_events(settings, user_ids, as_of: pd.Timestamp) -> pd.DataFram
     ``as_of``), exploded back into events: the last ``features.sequence_length`` events of
     each user that the online store would have served at that moment, and nothing later.
     """
+    from shoprec.features.store import training_set  # Feast: seconds to import, which a training process never needs
+
     refs = [f"user_recent_items:{c}" for c in ("item_ids", "event_types", "timestamps")]
     entity = pd.DataFrame({"user_id": pd.Series(user_ids, dtype="string"), "event_timestamp": pd.Timestamp(as_of)})
     rows = training_set(entity, settings, refs)

@@ -22,6 +22,7 @@ from training.artifact import Recommender, load_recommender, save_artifact
 from training.baselines import baseline_scorers
 from training.data import (ItemVocab, SplitData, fingerprint, full_split, leave_one_out, load_events,
                            user_sequences)
+from training.distributed import Job, World, launch
 from training.evaluate import Scorer, evaluate_all, model_scorer
 from training.models import build_model, new_model
 from training.registry import list_versions, production_version, trained_root
@@ -35,19 +36,27 @@ def train_version(settings: Settings, *, data: str = "lake", protocol: str = "fu
     """Train a new version from scratch with ``settings.hyperparameters`` and save it; returns (version, report).
 
     ``events``/``items`` given directly skip ``load_events`` (tests, generated data). With
-    ``checkpoint``, an interrupted run of the same data and hyperparameters resumes.
+    ``checkpoint``, an interrupted run of the same data and hyperparameters resumes. With
+    ``training.processes`` > 1 the run happens in that many processes under torchrun
+    (``training.distributed``); rank 0 saves the version.
     """
     hyperparameters = settings.hyperparameters
-    device = _prepare_runtime(settings)
     if events is None:
         events, items = load_events(data, settings)
+    if _should_launch(settings):
+        return launch(settings, Job("train", data, protocol, checkpoint, progress), events, items)
+    world = World.current()
+    device = _prepare_runtime(settings, world)
     started = time.perf_counter()
     vocab = ItemVocab.from_events(events, items)
     split = make_split(protocol, user_sequences(events), vocab, hyperparameters.eval_max_scores, hyperparameters.seed)
-    text = item_text_matrix(items, vocab, settings, progress) if hyperparameters.use_text else None
+    with world.main_first():
+        text = item_text_matrix(items, vocab, settings, progress) if hyperparameters.use_text else None
     net = new_model(hyperparameters, len(vocab), None if text is None else torch.from_numpy(text))
     ckpt_dir = checkpoint_dir(settings, hyperparameters, protocol, events) if checkpoint else None
     result = Trainer(net, split, hyperparameters, device=device, checkpoint_dir=ckpt_dir, progress=progress).fit()
+    if not world.main:  # rank 0 reports and saves
+        return "", {}
     report = _report(net, split, hyperparameters, result, started)
     metadata = _metadata(hyperparameters, protocol, data, events, net.items.text_dim > 0, report)
     path = save_artifact(net, vocab.item_ids, settings.models_dir, metadata)
@@ -68,18 +77,24 @@ def warm_start(settings: Settings, base_version: str, *, data: str = "lake", eve
     base = load_recommender(base_version, settings)
     _require_trained(base, settings)
     hyperparameters = warm_start_hyperparameters(settings.hyperparameters, base.torch_model.config)
-    device = _prepare_runtime(settings)
     if events is None:
         events, items = load_events(data, settings)
     new_events = _events_after_training(base, events)
+    if _should_launch(settings):
+        return launch(settings, Job("warm_start", data, progress=progress, base_version=base.version), events, items)
+    world = World.current()
+    device = _prepare_runtime(settings, world)
     started = time.perf_counter()
     old_vocab = ItemVocab(base.item_ids)
     vocab = old_vocab.grown(new_events["item_id"].astype(str))
     touched = events[events["user_id"].isin(set(new_events["user_id"]))]
     split = full_split(user_sequences(touched), vocab)
-    net = grown_model(base.torch_model, vocab, items, settings, progress)
+    with world.main_first():
+        net = grown_model(base.torch_model, vocab, items, settings, progress)
     trainer = Trainer(net, split, hyperparameters, device=device, progress=progress)
     result = trainer.fit(hyperparameters.warm_start_epochs, hyperparameters.warm_start_lr)
+    if not world.main:
+        return "", {}
     report = _report(net, split, hyperparameters, result, started)
     report.update(new_items=len(vocab) - len(old_vocab), new_events=len(new_events))
     metadata = _metadata(hyperparameters, "warm_start", data, events, net.items.text_dim > 0, report)
@@ -193,10 +208,15 @@ def evaluation_report(model: Scorer, split: SplitData, n_vocab: int, batch_size:
     return {"protocol": split.protocol, "split": which, "metrics": results.pop("model"), "baselines": results}
 
 
-def _prepare_runtime(settings: Settings) -> str:
-    """Tune the CPU runtime and pick the device training runs on."""
-    tune_cpu_runtime(settings.training.num_threads)
-    return pick_device(settings.training.device)
+def _should_launch(settings: Settings) -> bool:
+    """Several processes configured, and this is not already one of them."""
+    return settings.training.processes > 1 and not World.current().distributed
+
+
+def _prepare_runtime(settings: Settings, world: World) -> str:
+    """Tune the CPU runtime (the cores shared among the processes) and pick the device training runs on."""
+    tune_cpu_runtime(world.threads(settings.training.num_threads))
+    return world.device(pick_device(settings.training.device))
 
 
 def _require_trained(base: Recommender, settings: Settings) -> None:
@@ -236,6 +256,9 @@ def _training_summary(result: TrainResult, wall_seconds: float) -> dict:
         "seconds_per_epoch": round(result.seconds_per_epoch, 2), "wall_seconds": round(wall_seconds, 1),
         "device": result.device, "valid": result.best_valid, "history": result.history,
         "steps": result.steps, "positions": result.positions, "loss": result.loss,
+        **({"processes": len(result.replicas), "replicas": [r.to_dict() for r in result.replicas]}
+           if result.replicas else {}),
+        **({"resumed_after": result.resumed_after} if result.resumed_after else {}),
     }
 
 

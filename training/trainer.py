@@ -1,7 +1,8 @@
 """The training loop (``Trainer``): AdamW with linear warm-up, cross-entropy over the full
 catalog or over sampled negatives (``choose_loss``), early stopping on validation NDCG@10,
 a budget of training positions for large shops, deterministic seeds, checkpoints with resume,
-CPU by default and GPU with bf16 autocast when present.
+CPU by default and GPU with bf16 autocast when present; data-parallel in several processes
+under torchrun (``training.distributed``: each rank computes its shard of every batch).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from shoprec.config import Hyperparameters
 from training.data import SplitData, item_counts
+from training.distributed import EpochDecision, ReplicaRun, World, parameters_sha256
 from training.evaluate import evaluate_scorer, model_scorer
 from training.models.sasrec import SampledSoftmax
 
@@ -104,6 +106,8 @@ class TrainResult:
     steps: int = 0  # optimizer steps taken
     positions: int = 0  # target positions trained on (what max_train_positions bounds)
     loss: dict = field(default_factory=dict)  # LossChoice.to_dict()
+    replicas: list[ReplicaRun] = field(default_factory=list)  # per rank, when trained in several processes
+    resumed_after: int = 0  # the epoch of the checkpoint this run resumed (0: started afresh)
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -156,6 +160,18 @@ def batch_tensors(rows: np.ndarray, inputs: np.ndarray, targets: np.ndarray, len
     return items, positions, torch.from_numpy(targets[rows, -width:]).long().to(device)
 
 
+class _BatchLoss(torch.nn.Module):
+    """The model's summed loss as ``forward``: what DistributedDataParallel wraps (it reduces the
+    gradients of what its forward computed)."""
+
+    def __init__(self, model: torch.nn.Module, label_smoothing: float, sampled: SampledSoftmax | None):
+        super().__init__()
+        self.model, self.label_smoothing, self.sampled = model, label_smoothing, sampled
+
+    def forward(self, items: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(items, positions, targets, self.label_smoothing, self.sampled, reduction="sum")
+
+
 @dataclass
 class _RunState:
     """What an epoch changes and a checkpoint keeps: optimizer, schedule, shuffling, progress."""
@@ -166,6 +182,7 @@ class _RunState:
     result: TrainResult
     best_state: dict | None = None
     stale: int = 0  # evaluations since the best validation NDCG@10
+    shard_positions: int = 0  # positions this process computed the loss of since it started (all, in one process)
 
     @property
     def steps(self) -> int:
@@ -186,7 +203,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, split: SplitData, hyperparameters: Hyperparameters, *,
                  device: str = "cpu", checkpoint_dir: Path | None = None, progress: bool = True):
         self.model, self.split, self.hyperparameters = model, split, hyperparameters
-        self.device, self.progress = device, progress
+        self.device, self.progress, self.world = device, progress, World.current()
         self.checkpoint_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
         self.inputs, self.targets, self.lengths = training_examples(split.train, model.max_len)
         if len(self.inputs) == 0:
@@ -197,6 +214,7 @@ class Trainer:
         # batches hold rows of similar length, so a per-batch mean would weigh a short user's
         # positions ~10x more than a long user's: sum, and divide by a batch's expected count
         self.positions_per_batch = hyperparameters.batch_size * float(self.lengths.mean())
+        self.loss_module = _BatchLoss(model, hyperparameters.label_smoothing, self.sampled)
 
     def fit(self, epochs: int | None = None, lr: float | None = None) -> TrainResult:
         """Train up to ``epochs`` (default ``max_epochs``) at peak ``lr`` (default ``lr``);
@@ -205,6 +223,7 @@ class Trainer:
         self.model.to(self.device)
         run = self._start(lr or self.hyperparameters.lr)
         self._resume(run)
+        self._replicate()
         max_epochs = epochs or self.hyperparameters.max_epochs
         for epoch in range(run.result.epochs + 1, max_epochs + 1):
             if run.stale >= self.hyperparameters.patience or self._out_of_budget(run):
@@ -222,7 +241,29 @@ class Trainer:
         if run.best_state is not None:
             self.model.load_state_dict(run.best_state)
         self.model.eval()
+        if self.world.distributed:
+            run.result.replicas = self.world.gather(self._replica_run(run))
         return run.result
+
+    def _replicate(self) -> None:
+        """In several processes: wrap the loss in DistributedDataParallel (which starts every rank from
+        rank 0's weights) and give each rank its own dropout and negative-sampling stream."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not self.world.distributed or isinstance(self.loss_module, DistributedDataParallel):  # a second fit()
+            return
+        if self.world.rank:
+            torch.manual_seed(self.hyperparameters.seed + self.world.rank)
+        device_ids = [self.world.local_rank] if self.device.startswith("cuda") else None
+        # static_graph: GPT-2's token table (vocab 1) gets no gradient, the same each step;
+        # no buffer sync per forward: the only buffer, the item text table, never changes
+        self.loss_module = DistributedDataParallel(self.loss_module, device_ids=device_ids, static_graph=True,
+                                                  forward_sync_buffers=False)
+
+    def _replica_run(self, run: _RunState) -> ReplicaRun:
+        r = run.result
+        return ReplicaRun(self.world.rank, r.epochs, r.best_epoch, run.stale, run.shard_positions,
+                          torch.get_num_threads(), parameters_sha256(self.model))
 
     def _start(self, lr: float) -> _RunState:
         """AdamW with a linear warm-up to ``lr`` over ``warmup_steps`` steps."""
@@ -250,6 +291,7 @@ class Trainer:
         run.scheduler.load_state_dict(state["scheduler"])
         run.generator.bit_generator.state = state["generator"]
         run.result, run.best_state, run.stale = state["result"], state["best_state"], state["stale"]
+        run.result.resumed_after = run.result.epochs
         torch.set_rng_state(state["torch_rng"])
 
     def _train_epoch(self, epoch: int, run: _RunState) -> dict:
@@ -260,22 +302,30 @@ class Trainer:
         for rows in tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not self.progress, leave=False):
             if self._out_of_budget(run):
                 break
-            loss = self._batch_loss(rows)
+            loss = self._batch_loss(rows, run)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
             run.scheduler.step()
             total, done = total + loss.item(), done + 1
             run.result.positions += int(self.lengths[rows].sum())
+        # the ranks' losses are shares of one batch's loss (see _batch_loss): their mean is the batch's
+        total = self.world.sum(total, self.device) / self.world.size
         return {"epoch": epoch, "loss": total / max(done, 1), "steps": run.steps, "positions": run.result.positions}
 
-    def _batch_loss(self, rows: np.ndarray) -> torch.Tensor:
-        items, positions, targets = batch_tensors(rows, self.inputs, self.targets, self.lengths, self.model.max_len,
+    def _batch_loss(self, rows: np.ndarray, run: _RunState) -> torch.Tensor:
+        """The loss of this process's shard of the batch ``rows``, scaled so that the gradients
+        DistributedDataParallel averages over the ranks are the whole batch's gradient."""
+        mine, weight = self.world.shard(rows), float(self.world.size)
+        if len(mine) == 0:  # a last batch smaller than the ranks: still take part in the gradient reduction
+            mine, weight = rows[:1], 0.0
+        else:
+            run.shard_positions += int(self.lengths[mine].sum())
+        items, positions, targets = batch_tensors(mine, self.inputs, self.targets, self.lengths, self.model.max_len,
                                                   self.device)
-        hp = self.hyperparameters
         with self._autocast():
-            loss = self.model.loss(items, positions, targets, hp.label_smoothing, self.sampled, reduction="sum")
-        return loss / self.positions_per_batch
+            loss = self.loss_module(items, positions, targets)
+        return loss * weight / self.positions_per_batch  # one process: weight 1.0, exactly the plain loss
 
     def _autocast(self):
         if self.device.startswith("cuda"):
@@ -283,25 +333,30 @@ class Trainer:
         return torch.autocast("cpu", enabled=False)
 
     def _validate(self, epoch: int, run: _RunState) -> dict:
-        """Validation NDCG@10/HR@10; a new best keeps a copy of the weights, otherwise the run grows stale."""
+        """Validation NDCG@10/HR@10 on rank 0, whose decision every rank follows: a new best keeps a
+        copy of the weights, otherwise the run grows stale."""
         self.model.eval()
+        decision = self.world.from_main(self._decide(run) if self.world.main else None)
+        if decision.improved:
+            run.result.best_epoch, run.result.best_valid = epoch, decision.valid
+            run.best_state = copy.deepcopy(self.model.state_dict())
+        run.stale = decision.stale
+        return {"valid_NDCG@10": decision.valid["NDCG@10"], "valid_HR@10": decision.valid["HR@10"]}
+
+    def _decide(self, run: _RunState) -> EpochDecision:
         valid = evaluate_scorer(model_scorer(self.model, self.device), self.split.valid, self.counts,
                                 self.hyperparameters.eval_batch_size)
-        if valid["NDCG@10"] > run.result.best_valid.get("NDCG@10", -1.0):
-            run.result.best_epoch, run.result.best_valid, run.stale = epoch, valid, 0
-            run.best_state = copy.deepcopy(self.model.state_dict())
-        else:
-            run.stale += 1
-        return {"valid_NDCG@10": valid["NDCG@10"], "valid_HR@10": valid["HR@10"]}
+        improved = valid["NDCG@10"] > run.result.best_valid.get("NDCG@10", -1.0)
+        return EpochDecision(improved, 0 if improved else run.stale + 1, valid)
 
     def _log(self, record: dict) -> None:
-        if self.progress:
+        if self.progress and self.world.main:
             tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
                        file=sys.stderr)
 
     def _write_checkpoint(self, run: _RunState) -> None:
         """Everything ``_resume`` needs, written to a temp file and renamed (never a half-written checkpoint)."""
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not self.world.main:
             return
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint_path.with_suffix(".tmp")

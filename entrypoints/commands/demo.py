@@ -201,6 +201,8 @@ def print_summary(run: DemoRun, total_started: float) -> None:
     click.echo(f"  Service API docs: http://localhost:{settings.serving.port}/  (OpenAPI: /docs.json)")
     click.echo(f"  Service tokens:   {write_tokens(run)}  (source it, then e.g. curl -H \"Authorization: "
                "Bearer $SHOPREC_READ_TOKEN\" ... /recommend)")
+    click.echo(f"  Storefront:       http://localhost:{settings.serving.port}/shop  (sign in with the read and write "
+               "tokens of tokens.env)")
     click.echo(f"  Reports:          {settings.reports_dir}  (validation: {settings.validation_dir})")
 
 

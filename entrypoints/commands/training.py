@@ -16,6 +16,7 @@ from entrypoints.output import emit
 from entrypoints.steps import NotServable, release
 from shoprec.config import Settings, load_settings
 from training.artifact import ArtifactError
+from training.distributed import DistributedTrainingError
 from training.pipeline import evaluate_version, train_version
 from training.pipeline import warm_start as run_warm_start
 from training.registry import trained_root
@@ -35,7 +36,8 @@ def _report_text(version: str, report: dict) -> str:
     training = report.get("training")
     if training:
         lines.append(f"  {training['epochs']} epochs (best {training['best_epoch']}), {training['seconds_per_epoch']:.1f} s/epoch, "
-                     f"{training['wall_seconds']:.0f} s in all on {training['device']}")
+                     f"{training['wall_seconds']:.0f} s in all on {training['device']}"
+                     + (f" x {training['processes']} processes" if training.get("processes") else ""))
     return "\n".join(lines)
 
 
@@ -54,8 +56,8 @@ def parse_assignments(assignments: tuple[str, ...]) -> dict[str, Any]:
 
 
 def training_settings(settings: Settings, preset: str | None, epochs: int | None, assignments: tuple[str, ...],
-                      no_text: bool = False) -> Settings:
-    """``settings`` with this command's preset and hyperparameter overrides on top of the configured ones."""
+                      no_text: bool = False, processes: int | None = None) -> Settings:
+    """``settings`` with this command's preset, hyperparameter overrides and process count on top of the configured ones."""
     overrides = {**settings.training.overrides, **parse_assignments(assignments)}
     if epochs is not None:
         overrides["max_epochs"] = epochs
@@ -64,6 +66,8 @@ def training_settings(settings: Settings, preset: str | None, epochs: int | None
     training: dict[str, Any] = {"overrides": overrides}
     if preset:
         training["preset"] = preset
+    if processes is not None:
+        training["processes"] = processes
     try:
         return settings.with_overrides(training=training)
     except ValueError as error:  # pydantic's ValidationError: an unknown key or a value of the wrong type
@@ -85,12 +89,15 @@ def training_settings(settings: Settings, preset: str | None, epochs: int | None
               help="Fine-tune VERSION (a variant: the version it was compressed from) on the events after its "
                    "training data, growing the item vocabulary.")
 @click.option("--no-text", is_flag=True, help="Train on item ids only (ignore item text).")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Train data-parallel in N processes under torchrun (DistributedDataParallel: gloo on CPU, "
+                   "NCCL on GPUs; each process gets cores/N threads). Default: training.processes (1).")
 @click.option("--promote", is_flag=True, help="Make the new version the production model (after the release check).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def train(protocol: str, preset: str | None, old_preset: str | None, epochs: int | None, assignments: tuple[str, ...],
-          data: str, warm_start: str | None, no_text: bool, promote: bool, as_json: bool) -> None:
+          data: str, warm_start: str | None, no_text: bool, processes: int | None, promote: bool, as_json: bool) -> None:
     """Train a sequential recommender and save it as a new model version."""
-    settings = training_settings(load_settings(), preset or old_preset, epochs, assignments, no_text)
+    settings = training_settings(load_settings(), preset or old_preset, epochs, assignments, no_text, processes)
     try:
         if warm_start:
             version, report = run_warm_start(settings, trained_root(warm_start, settings), data=data)
@@ -98,7 +105,7 @@ def train(protocol: str, preset: str | None, old_preset: str | None, epochs: int
             version, report = train_version(settings, data=data, protocol=protocol)
         if promote:
             report["released"] = release(version, settings).to_dict()
-    except (ValueError, FileNotFoundError, ArtifactError, NotServable) as error:
+    except (ValueError, FileNotFoundError, ArtifactError, NotServable, DistributedTrainingError) as error:
         raise click.ClickException(str(error)) from error
     emit({"version": version, **report}, as_json, _report_text(version, report))
 

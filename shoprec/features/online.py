@@ -111,7 +111,7 @@ class OnlineFeatures:
                                   else SqliteEventIndex(settings.feast_dir / "event_index.db", ttl))
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
-        self._erased_cache: tuple[tuple[int, int] | None, frozenset[str]] = (None, frozenset())
+        self._erased = ledger.ErasedKeys(settings)
         self._known_refs: set[str] = set()
         self._push_views: list | None = None  # FeatureView objects
         self._log = EventLog(tables.event_log_dir(settings))
@@ -316,13 +316,7 @@ class OnlineFeatures:
             raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
 
     def _erased_keys(self) -> frozenset[str]:
-        """The erasure ledger's keys, read again only when the ledger file changed (a stat per push)."""
-        path = ledger.ledger_path(self.settings)
-        # WAL mode: a new record lands in the -wal file before the main file changes
-        stamp = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (path, path.with_name(path.name + "-wal")))
-        if self._erased_cache[0] != stamp:
-            self._erased_cache = (stamp, ledger.erased_keys(self.settings))
-        return self._erased_cache[1]
+        return self._erased.current()
 
     def _finish_pending(self, user_ids: list[str], stored: dict[str, dict]) -> None:
         """Pushes of these users that died half way: completed if their online row landed (the

@@ -33,7 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
-from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource, PushSource
+from feast import Entity, FeatureService, FeatureStore, FeatureView, PushSource
+from feast.data_source import DataSource
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import python_values_to_proto_values
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 
 from shoprec.config import FEATURE_REPO_DIR, Settings
 from shoprec.durable import write_text_atomically
+from shoprec.features import offline_engine
 from shoprec.features.sqlite_store import STORE_TYPE as SQLITE_STORE_TYPE
 from shoprec.features.tables import TABLES, offline_dir, table_path, table_read_at, with_catalog_state, write_table
 from shoprec.locks import exclusive_lock
@@ -125,10 +127,7 @@ def feast_config(settings: Settings, home: str | None = None) -> dict[str, Any]:
         "provider": "local",
         "registry": registry,
         "online_store": online_store,
-        # Feast's DuckDB offline store (feast[duckdb]) reads the same Parquet tables as the file
-        # (dask) store: a point-in-time training set for 38,090 users took 12 s and 1.5 GB there,
-        # against more than 10 minutes and 3.9 GB (unfinished) for the dask one (1 M-event shop)
-        "offline_store": {"type": "duckdb"},
+        "offline_store": offline_engine.feast_offline_store(settings),  # DuckDB, or Spark
         "entity_key_serialization_version": 3,
         "materialization": {"online_write_batch_size": ONLINE_WRITE_BATCH_ROWS},
     }
@@ -181,19 +180,26 @@ def repo_objects(settings: Settings) -> list:
 
     The same modules ``feast apply`` reads, imported by name from feature_repo/ (a Feast repo,
     not a package); in-process because a second Python with Feast costs seconds, and
-    re-pointed because their paths come from the settings of the process that first imported them.
+    re-pointed because their paths (and the engine their source type is for: ``offline_engine``)
+    come from the settings of the process that first imported them.
     """
     if str(FEATURE_REPO_DIR) not in sys.path:
         sys.path.insert(0, str(FEATURE_REPO_DIR))
     modules = [importlib.import_module(name) for name in REPO_MODULES]
-    kinds = (Entity, FileSource, PushSource, FeatureView, FeatureService)
+    kinds = (Entity, DataSource, FeatureView, FeatureService)
     objects = {id(obj): obj for module in modules for obj in vars(module).values() if isinstance(obj, kinds)}
+    sources: dict[str, DataSource] = {}
+
+    def table(source: DataSource) -> DataSource:
+        return sources.setdefault(source.name, offline_engine.table_source(settings, source.name, table_path(settings, source.name)))
+
     for obj in objects.values():
-        if isinstance(obj, FileSource):
-            obj.file_options.uri = str(table_path(settings, obj.name))
-        if isinstance(obj, FeatureView) and isinstance(obj.batch_source, FileSource):
-            obj.batch_source.file_options.uri = str(table_path(settings, obj.batch_source.name))
-    return list(objects.values())
+        if isinstance(obj, (PushSource, FeatureView)) and obj.batch_source is not None:
+            obj.batch_source = table(obj.batch_source)
+        if isinstance(obj, FeatureView) and not isinstance(obj.data_source, PushSource):
+            obj.data_source = obj.batch_source
+    return [table(obj) if isinstance(obj, DataSource) and not isinstance(obj, PushSource) else obj
+            for obj in objects.values()]
 
 
 def apply(settings: Settings) -> Applied:
@@ -299,7 +305,11 @@ def _materialize_view(settings: Settings, store: FeatureStore, name: str, start,
     if not path.exists():
         raise FileNotFoundError(f"feature table {name} not built yet ({path}); run `shoprec features build`")
     view_start, view_end = _window(view, path, start, end_ts, since)
-    latest = latest_rows(path, _join_key(view), view_start, view_end)
+    if offline_engine.is_spark(settings):
+        window = offline_engine.latest_rows_on_spark(store, view, view_start, view_end)
+        latest = LatestRows(window.rows, window.rows_read)
+    else:
+        latest = latest_rows(path, _join_key(view), view_start, view_end)
     with tqdm(total=latest.rows.num_rows, desc=f"materialize {name}", unit="row", disable=not progress) as bar:
         if name in USER_VIEWS:
             written, batches = _write_user_rows(settings, store, view, latest.rows, table_read_at(path), bar.update)
@@ -675,14 +685,16 @@ def push_catalog_state(settings: Settings, items: pd.DataFrame) -> int | None:
     store = feature_store(settings)
     if "item_stats" not in {view.name for view in store.list_feature_views(allow_cache=False)}:
         return None
-    write_table(with_catalog_state(pd.read_parquet(path), items, settings), path)
+    write_table(with_catalog_state(pd.read_parquet(path), items, settings), path,
+                time_unit=offline_engine.time_unit(settings))
     return push_item_state_changes(settings, store)
 
 
 def _latest_item_rows(settings: Settings) -> pd.DataFrame:
     """The newest ``item_stats`` row of each item: the current catalog state with the latest counts."""
     frame = latest_rows(table_path(settings, "item_stats"), "item_id").rows.to_pandas()
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    # nanoseconds whatever the table's unit (Spark's tables: microseconds): the pushes compare them as ns
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")
     return frame.sort_values("item_id", kind="stable").reset_index(drop=True)
 
 
