@@ -23,8 +23,8 @@ from typing import Sequence
 import click
 
 from entrypoints.airflow_env import airflow_env, migrate_db, wait_until_healthy
-from entrypoints.processes import descendants, kill_all, stop_process_group
 from shoprec.config import REPO_ROOT, Settings, load_settings
+from shoprec.processes import descendants, kill_all, stop_process_group
 
 # the triggerer only runs deferred tasks, which no ShopRec DAG has
 CORE_SERVICES = ("api-server", "scheduler", "dag-processor")

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from entrypoints.processes import stop_process_group
 from entrypoints.serving import RunningService, start_service
 from shoprec.config import REPO_ROOT, Settings
+from shoprec.durable import write_text_atomically
+from shoprec.processes import stop_process_group
 
 TEMPLATE = REPO_ROOT / "deploy" / "haproxy.cfg"
 
@@ -79,12 +80,12 @@ def haproxy_executable(settings: Settings) -> str:
 
 
 def write_config(settings: Settings, servers: list[str], bind: str) -> tuple[Path, Path]:
-    """The rendered configuration under ``$SHOPREC_HOME/balancer``, checked by haproxy; (its path, the stats socket)."""
-    folder = settings.home / "balancer"
+    """The rendered configuration under ``$SHOPREC_HOME/balancer/<port>`` (one folder per balancer:
+    two on one home keep their files apart), checked by haproxy; (its path, the stats socket)."""
+    folder = settings.home / "balancer" / bind.rsplit(":", 1)[-1]
     folder.mkdir(parents=True, exist_ok=True)
     stats_socket = folder / "haproxy.sock"
-    path = folder / "haproxy.cfg"
-    path.write_text(render_config(settings, servers, bind, stats_socket))
+    path = write_text_atomically(folder / "haproxy.cfg", render_config(settings, servers, bind, stats_socket))
     check = subprocess.run([haproxy_executable(settings), "-c", "-q", "-f", str(path)],
                            capture_output=True, text=True, timeout=30)
     if check.returncode != 0:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from entrypoints.processes import stop_process_group
 from shoprec.config import REPO_ROOT, Settings, child_env
+from shoprec.processes import stop_process_group
 
 SERVICE = "services.service:ShopRecService"
 READY_ANSWERS_PER_WORKER = 4

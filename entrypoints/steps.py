@@ -311,10 +311,11 @@ def online_experiment(settings: Settings) -> dict[str, Any]:
     experiment = settings.experiments
     if not experiment.name or not experiment.challengers:
         return {"experiment": None, "arms": [], "promoted": None}
-    if "promote" in online_test.finished(settings, experiment.name).values():
+    done = online_test.finished(settings, experiment.name)
+    if "promote" in done.values() or all(c.name in done for c in experiment.challengers):
         return {"experiment": experiment.name, "arms": [], "promoted": None, "finished": True}
     impressions.compact(settings)
-    decision = online_test.decide(impressions.arm_stats(impressions.attribute(settings)), settings)
+    decision = online_test.decide(impressions.arm_stats(impressions.attribute(settings)), settings, done)
     for arm in decision.arms:
         log.info("experiment %s, arm %s (%s): %s: %s", arm.experiment, arm.arm, arm.version, arm.verdict, arm.reason)
     if decision.promoted is not None:  # released before recorded: a crash between them decides again

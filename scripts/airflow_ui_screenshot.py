@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from entrypoints.airflow_env import start_airflow, ui_url, wait_until_healthy  # noqa: E402
-from entrypoints.processes import stop_process_group  # noqa: E402
+from shoprec.processes import stop_process_group  # noqa: E402
 from shoprec.config import REPO_ROOT, load_settings  # noqa: E402
 
 DAG_IDS = ("shoprec_features", "shoprec_training")

@@ -94,6 +94,7 @@ class EventIngest:
             raise RequestError("online store unavailable; nothing was written", status=503)
         claim = self._claim(key, records, now)
         if claim is not None and claim.answer is not None:
+            self._link(events, now)  # the first attempt's links may have died in its process's queue
             return Replayed(claim.answer)
         if claim is not None and claim.stamp != now:  # a retry: the first attempt's server time
             events = self.validate(records, claim.stamp)
@@ -113,9 +114,14 @@ class EventIngest:
             # the events could not be written as given: the caller's problem, not the store's
             raise RequestError(f"events refused by the feature store: {exc}; {RETRY_HINT}") from exc
         self.store.succeeded()
-        if self.impressions is not None:  # a retry links again: a lost first link is made, a kept one read once
-            self.impressions.linked([r for r in events if r.get("recommendation_id") is not None], now)
+        self._link(events, now)
         return answer
+
+    def _link(self, events: list[dict], now: pd.Timestamp) -> None:
+        """The events that name their recommendation, to the link log; a retry links again (a link
+        logged twice is read once)."""
+        if self.impressions is not None:
+            self.impressions.linked([r for r in events if r.get("recommendation_id") is not None], now)
 
     def _claim(self, key: str | None, records: list, now: pd.Timestamp) -> KeyClaim | None:
         if key is None:

@@ -126,7 +126,7 @@ class Experiments:
     def report(self) -> "ExperimentsReport":
         frame = attribute(self.settings)
         stats = arm_stats(frame)
-        decision = decide(stats, self.settings) if self.running else None
+        decision = decide(stats, self.settings, dict(self._final)) if self.running else None
         return ExperimentsReport(
             experiment=self.config.name or None, shadow=self.config.shadow, metric=self.config.metric,
             min_impressions_per_arm=self.config.min_impressions_per_arm,
@@ -170,13 +170,13 @@ class ImpressionSink:
     def shown(self, impression: Impression) -> None:
         if self.impressions is None:
             return
-        self.impressions.offer(impression)
+        if not self.impressions.offer(impression) or impression.shadow:
+            return  # the counter counts lists shown and logged; a shadow list was not shown
         metrics.impressions(impression.arm, impression.model_version).inc()
-        if not impression.shadow:
-            with self._arms_lock:
-                self._arms[impression.recommendation_id] = impression.arm
-                if len(self._arms) > RECENT_ARMS:
-                    self._arms.popitem(last=False)
+        with self._arms_lock:
+            self._arms[impression.recommendation_id] = impression.arm
+            if len(self._arms) > RECENT_ARMS:
+                self._arms.popitem(last=False)
 
     def linked(self, records: list[dict], at: pd.Timestamp) -> None:
         """Events that named their recommendation (validated, as pushed)."""

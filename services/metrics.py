@@ -33,7 +33,8 @@ impressions_total = bentoml.metrics.Counter(
 )
 attributed_events_total = bentoml.metrics.Counter(
     name="shoprec_attributed_events_total",
-    documentation="Events on a recommended item attributed to its impression, by event type and arm",
+    documentation="Events that named the recommendation they came from (recommendation_id), by event type and "
+                  "arm; the attribution proper (a shown item, within the window) is the offline report's",
     labelnames=["event_type", "arm"],
 )
 experiment_assignments_total = bentoml.metrics.Counter(

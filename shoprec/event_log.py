@@ -471,7 +471,7 @@ def _recover(log_dir: Path, fmt: LogFormat = EVENTS) -> None:
 def scrub_segment(path: Path, is_user: Callable[[pd.Series], pd.Series]) -> int:
     """Drop the rows ``is_user`` picks from a segment of any log with a ``user_id`` column
     (rewritten durably, under the exclusive lock: its writer moves to a new segment); returns how
-    many went. A log without the column (impression links) holds no user id: left as it is."""
+    many went. A log without the column holds no user id: left as it is."""
     path = Path(path)
     log_dir = path.parent.parent
     with log_lock(log_dir, exclusive=True):

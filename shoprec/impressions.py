@@ -7,9 +7,9 @@ checksummed records, one fsync per group, crash-safe compaction into day files):
   ``user_id`` or ``session_id``, ``item_ids`` (in the order shown: the position is the index),
   ``model_version``, ``arm``, ``experiment``, ``shadow`` (a challenger's answer that was scored
   but not shown) and ``fallback``;
-- ``<feast>/offline/impression_links``: ``(recommendation_id, event_id)`` for each event that
-  named the recommendation it came from (``/events`` with ``recommendation_id``). The event
-  itself stays in the event log only, so an erasure of its user there unlinks it here too.
+- ``<feast>/offline/impression_links``: ``(recommendation_id, user_id, event_id)`` for each event
+  that named the recommendation it came from (``/events`` with ``recommendation_id``); the
+  event itself stays in the event log only. An erasure removes the user's links too.
 
 Both are written by a ``BackgroundLog``: the request hands over a tuple and goes on; a thread
 appends what queued meanwhile as one record. What the queue holds when a process dies is lost
@@ -62,6 +62,7 @@ IMPRESSION_SCHEMA = pa.schema([
 ])
 LINK_SCHEMA = pa.schema([
     ("recommendation_id", pa.string()),
+    ("user_id", pa.string()),  # event ids are unique per user only; and an erasure finds the user's links
     ("event_id", pa.string()),
     ("linked_at", pa.timestamp("ns", tz="UTC")),
 ])
@@ -90,7 +91,8 @@ IMPRESSIONS = LogFormat(IMPRESSION_SCHEMA, lambda f: _conform(f, IMPRESSION_SCHE
                         ["served_at", "recommendation_id"], ["recommendation_id"],
                         lambda f: f.drop_duplicates(["recommendation_id"]), days_folder="impressions")
 LINKS = LogFormat(LINK_SCHEMA, lambda f: _conform(f, LINK_SCHEMA), "linked_at", ["linked_at", "event_id"],
-                  ["recommendation_id", "event_id"], lambda f: f.drop_duplicates(["recommendation_id", "event_id"]),
+                  ["recommendation_id", "user_id", "event_id"],
+                  lambda f: f.drop_duplicates(["recommendation_id", "user_id", "event_id"]),
                   days_folder="links")
 
 
@@ -214,9 +216,19 @@ def links_table(rows: list[tuple[str, dict, pd.Timestamp]]) -> pa.Table:
     events = conform_events(pd.DataFrame.from_records([r for _, r, _ in rows],
                                                       columns=["user_id", "item_id", "event_type", "timestamp",
                                                                "session_id", "event_id"]))
-    ids = events["event_id"].fillna(derived_event_ids(events))
-    return pa.Table.from_pydict({"recommendation_id": [rid for rid, _, _ in rows], "event_id": ids.tolist(),
-                                 "linked_at": [at for _, _, at in rows]}, schema=LINK_SCHEMA)
+    ids = _event_ids(events)
+    return pa.Table.from_pydict({"recommendation_id": [rid for rid, _, _ in rows], "user_id": events["user_id"].tolist(),
+                                 "event_id": ids.tolist(), "linked_at": [at for _, _, at in rows]}, schema=LINK_SCHEMA)
+
+
+def _event_ids(events: pd.DataFrame) -> pd.Series:
+    """The events' ids, derived as the push derives them only where missing (the event log's rows
+    carry theirs: hashing a whole log row by row would be the slow part of attribution)."""
+    ids = events["event_id"].copy()
+    missing = ids.isna()
+    if missing.any():
+        ids[missing] = derived_event_ids(events[missing])
+    return ids
 
 
 # --- attribution ---------------------------------------------------------------------------------
@@ -234,8 +246,7 @@ def attribute_frames(impressions: pd.DataFrame, events: pd.DataFrame, links: pd.
                      window: pd.Timedelta) -> pd.DataFrame:
     """``attribute`` on frames: impressions (``read_impressions``), canonical events, links."""
     shown = _shown_items(impressions)
-    events = events.assign(event_id=events["event_id"].fillna(derived_event_ids(events)),
-                           row=np.arange(len(events)))
+    events = events.assign(event_id=_event_ids(events), row=np.arange(len(events)))
     explicit = _explicit(shown, events, links, window)
     rest = events[~events["row"].isin(explicit["row"])]
     parts = [explicit, _implicit(shown[~shown["shadow"]], rest, window), _implicit(shown[shown["shadow"]], events, window)]
@@ -252,11 +263,15 @@ def _shown_items(impressions: pd.DataFrame) -> pd.DataFrame:
 
 
 def _explicit(shown, events, links, window) -> pd.DataFrame:
-    """Events naming a recommendation that showed their item, within the window after it."""
-    named = links[["recommendation_id", "event_id"]].merge(events, on="event_id")
-    hits = named.merge(shown[~shown["shadow"]][["recommendation_id", "item_id", "served_at"]],
-                       on=["recommendation_id", "item_id"])
-    hits = hits[hits["timestamp"] <= hits["served_at"] + window]
+    """Events naming a recommendation that showed their item to their user (or, shown to nobody
+    signed in, to their session), within the window after it."""
+    named = links[["recommendation_id", "user_id", "event_id"]].merge(events, on=["user_id", "event_id"])
+    hits = named.merge(shown[~shown["shadow"]][["recommendation_id", "item_id", "served_at", "user_id", "session_id"]],
+                       on=["recommendation_id", "item_id"], suffixes=("", "_shown"))
+    same_viewer = (hits["user_id"] == hits["user_id_shown"]).fillna(False) | (
+        hits["user_id_shown"].isna() & (hits["session_id"] == hits["session_id_shown"]).fillna(False))
+    in_window = (hits["timestamp"] >= hits["served_at"]) & (hits["timestamp"] <= hits["served_at"] + window)
+    hits = hits[same_viewer.astype(bool) & in_window]
     return hits.drop_duplicates("row")[["recommendation_id", "row", "event_type", "price", "quantity"]]
 
 

@@ -136,15 +136,24 @@ class ErasedKeys:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._cache: tuple[tuple[int, int] | None, frozenset[str]] = (None, frozenset())
+        self._cache: tuple[tuple | None, frozenset[str]] = (None, frozenset())
 
     def current(self) -> frozenset[str]:
         path = ledger_path(self.settings)
-        # WAL mode: a new record lands in the -wal file before the main file changes
-        stamp = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (path, path.with_name(path.name + "-wal")))
+        # WAL mode: a new record lands in the -wal file before the main file changes; the size and
+        # inode too, as two commits within one clock tick leave the mtime as it was
+        stamp = tuple(_file_stamp(p) for p in (path, path.with_name(path.name + "-wal")))
         if self._cache[0] != stamp:
             self._cache = (stamp, erased_keys(self.settings))
         return self._cache[1]
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (0, 0, 0)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def erased_mask(user_ids: pd.Series, keys: frozenset[str]) -> pd.Series:

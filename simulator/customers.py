@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -26,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from shoprec.config import load_settings
 from simulator.shop import Tastes, default_sizes, tastes_of
 
 
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     n_users, n_items = default_sizes(args.events)
     tastes = tastes_of({"n_users": n_users, "n_items": n_items, "seed": args.seed})
-    customers = Customers(args.url, tastes, os.environ.get("SHOPREC_READ_TOKEN", ""),
-                          os.environ.get("SHOPREC_WRITE_TOKEN", ""), seed=args.seed)
+    settings = load_settings()  # the tokens: SHOPREC_READ_TOKEN, SHOPREC_WRITE_TOKEN
+    customers = Customers(args.url, tastes, settings.read_token, settings.write_token, seed=args.seed)
     print(json.dumps(customers.run(args.sessions, args.lists_per_session, args.concurrency).to_dict(), indent=2))
 
 

@@ -21,6 +21,7 @@ from training.artifact import save_artifact
 from training.data import ItemVocab
 from training.models import new_model
 from training.registry import production_version, promote, promotion_history
+from tests.tools import require_tool
 
 COMPOSE = shutil.which("docker-compose")
 AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"}
@@ -90,8 +91,8 @@ def compose_config(env_file: str, extra_env: dict[str, str]) -> subprocess.Compl
     )
 
 
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose (Debian's 1.29) is not installed")
 def test_compose_file_is_valid_and_complete():
+    require_tool(COMPOSE, "docker-compose (Debian's 1.29)")
     result = compose_config(".env.example", {})
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
@@ -111,8 +112,8 @@ def test_compose_file_is_valid_and_complete():
     assert services["airflow-worker"]["deploy"]["replicas"] == 2
 
 
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose (Debian's 1.29) is not installed")
 def test_compose_file_commits_no_password(tmp_path):
+    require_tool(COMPOSE, "docker-compose (Debian's 1.29)")
     """Without an env file that sets them, the secrets are missing and compose refuses."""
     empty = tmp_path / "empty.env"
     empty.write_text("")

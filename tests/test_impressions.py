@@ -87,6 +87,16 @@ def test_an_unknown_or_expired_or_mismatched_explicit_id_falls_back_to_the_windo
     assert not out.loc["r1", "clicked"]  # expired, and no impression to fall back on
 
 
+def test_an_explicit_id_counts_only_for_the_viewer_it_was_shown_to():
+    imps = [impression("r1", 0, user="u1")]
+    # u2 names u1's recommendation (a shared link, or a forged id), with an event id u1 also used
+    events = events_frame([("u2", "i1", "view", 5)]).assign(event_id="e1")
+    assert not attributed(imps, events, links_frame(events, {0: "r1"}))["clicked"].any()
+    theirs = events_frame([("u1", "i2", "view", 6)]).assign(event_id="e1")
+    both = pd.concat([events, theirs], ignore_index=True)
+    assert attributed(imps, both, links_frame(both, {0: "r1", 1: "r1"}))["clicked"].to_dict() == {"r1": True}
+
+
 def test_repeated_clicks_count_once_and_revenue_sums_the_purchases():
     imps = [impression("r1", 0)]
     events = events_frame([("u1", "i1", "view", 1), ("u1", "i1", "view", 2), ("u1", "i1", "add_to_cart", 3),
@@ -137,7 +147,7 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path):
     assert len(event_log.read_events(tmp_path, im.IMPRESSIONS)) == offered.count(True)
 
 
-def test_an_erasure_scrubs_impression_segments_and_leaves_link_segments_alone(tmp_path):
+def test_an_erasure_scrubs_the_users_impressions_and_links(tmp_path):
     sink = im.BackgroundLog(tmp_path / "impressions", im.IMPRESSIONS, im.impressions_table)
     for k in range(6):
         sink.offer(impression(f"r{k}", k, user="gone" if k % 2 else "stays"))
@@ -149,8 +159,10 @@ def test_an_erasure_scrubs_impression_segments_and_leaves_link_segments_alone(tm
     segment = next((tmp_path / "impressions" / "wal").glob("seg-*"))
     assert event_log.scrub_segment(segment, is_gone) == 3
     assert set(event_log.read_events(tmp_path / "impressions", im.IMPRESSIONS)["user_id"]) == {"stays"}
-    assert event_log.scrub_segment(next((tmp_path / "links" / "wal").glob("seg-*")), is_gone) == 0
-    assert len(event_log.read_events(tmp_path / "links", im.LINKS)) == 1
+    links.offer(("r0", {"user_id": "stays", "item_id": "i1", "event_type": "view", "timestamp": T0.isoformat()}, T0))
+    links.flush()
+    assert event_log.scrub_segment(next((tmp_path / "links" / "wal").glob("seg-*")), is_gone) == 1
+    assert event_log.read_events(tmp_path / "links", im.LINKS)["user_id"].tolist() == ["stays"]
 
 
 def test_an_erased_user_who_still_asks_is_never_logged_again(tmp_path):
@@ -230,4 +242,7 @@ def test_recorded_verdicts_are_final_per_experiment_and_arm(tmp_path):
     online_test.record(decide([stats("champion", 140, 1000), stats("b", 100, 1000)], settings), settings)
     online_test.record(decide([stats("champion", 100, 1000), stats("b", 140, 1000)], settings), settings)
     assert online_test.finished(settings, "exp") == {"b": "stop"}  # the first final verdict stands
+    # a stopped arm is judged no more: its frozen rate cannot win later against the champion's
+    late = decide([stats("champion", 100, 5000), stats("b", 140, 1000)], settings, online_test.finished(settings, "exp"))
+    assert late.arms == [] and late.promoted is None
     assert online_test.finished(settings, "another") == {}

@@ -45,6 +45,7 @@ from training.artifact import save_artifact
 from training.data import ItemVocab
 from training.models import new_model
 from training.registry import promote
+from tests.tools import require_tool
 
 _SESSION_SETTINGS = load_settings()
 _SESSION_SETTINGS.airflow_home.mkdir(parents=True, exist_ok=True)
@@ -429,8 +430,8 @@ def test_prometheus_scrapes_the_service_metrics_without_a_token():
 COMPOSE = shutil.which("docker-compose")
 
 
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (scripts/system-deps.sh docker-compose)")
 def test_the_production_compose_file_runs_prometheus_and_grafana():
+    require_tool(COMPOSE, "docker-compose")
     result = subprocess.run([COMPOSE, "-f", "docker-compose.yml", "--env-file", ".env.example", "config"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "SHOPREC_ENV_FILE": ".env.example"})

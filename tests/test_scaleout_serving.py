@@ -45,6 +45,7 @@ from training.artifact import save_artifact
 from training.data import ItemVocab
 from training.models import new_model
 from training.registry import production_version, promote
+from tests.tools import require_tool
 
 HAPROXY = shutil.which("haproxy")
 COMPOSE = shutil.which("docker-compose")
@@ -65,8 +66,8 @@ def shoprec_cli() -> str:
 # --- the configuration, without processes ------------------------------------------------------
 
 
-@pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (scripts/system-deps.sh haproxy)")
 def test_the_rendered_configuration_is_valid_haproxy(home, tmp_path):
+    require_tool(HAPROXY, "haproxy")
     settings = load_settings(balancer={"retries": 2})
     text = render_config(settings, ["127.0.0.1:3641", "recommender-2:3000"], "0.0.0.0:3000")
     assert "server replica-1 127.0.0.1:3641" in text and "server replica-2 recommender-2:3000" in text
@@ -86,8 +87,8 @@ def test_a_replica_address_must_name_a_port(home):
         render_config(load_settings(), ["recommender"], "0.0.0.0:3000")
 
 
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose (Debian's 1.29) is not installed")
 def test_compose_runs_two_replicas_behind_the_balancer():
+    require_tool(COMPOSE, "docker-compose (Debian's 1.29)")
     result = subprocess.run([COMPOSE, "-f", "docker-compose.yml", "--env-file", ".env.example", "config"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "SHOPREC_ENV_FILE": ".env.example"})
@@ -184,8 +185,7 @@ def saved_challenger(settings, items: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    if HAPROXY is None:
-        pytest.skip("haproxy is not installed (scripts/system-deps.sh haproxy)")
+    require_tool(HAPROXY, "haproxy")
     home = tmp_path_factory.mktemp("replicas")
     redis = RedisServer(home / "redis", port=REDIS_PORT).start()
     settings = shop_settings(home, redis.port).with_overrides(
@@ -212,7 +212,7 @@ def shop(tmp_path_factory):
         ready = read_ready_line(cli, timeout=240, log_path=cli_log)
         print(f"shoprec serve --replicas 2 served after {time.monotonic() - started:.0f} s", file=sys.stderr)
         running = Running(ready["url"], [r["url"] for r in ready["replicas"]], [r["pid"] for r in ready["replicas"]],
-                          home / "balancer" / "haproxy.sock")
+                          home / "balancer" / str(BALANCER_PORT) / "haproxy.sock")
         yield {"settings": settings, "running": running, "challenger": challenger, "home": home, **info}
     finally:
         started_by_cli = [p.pid for p in psutil.Process(cli.pid).children(recursive=True)] if cli.poll() is None else []

@@ -22,6 +22,7 @@ from services.browsing import Listing
 from services.guards import scope_of
 from shoprec import impressions
 from tests.service_harness import READ_TOKEN, WRITE_TOKEN, RedisServer, Server, call, prepare_shop, shop_settings
+from tests.tools import require_tool
 
 PORT, REDIS_PORT = 3630, 3631  # this suite's ports (docs: one range per test suite that serves)
 CHROMIUM = shutil.which("chromium")
@@ -41,8 +42,7 @@ def shop(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed: scripts/system-deps.sh chromium (scripts/test.sh runs it)")
+    require_tool(CHROMIUM, "Debian's chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -34,7 +34,8 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from shoprec.config import REPO_ROOT, Settings, settings_env
+from shoprec.config import REPO_ROOT, Settings, child_env
+from shoprec.processes import stop_process_group
 
 JOB_FILE, RESULT_FILE = "job.json", "result.json"
 
@@ -51,7 +52,7 @@ class World:
     def current(cls) -> "World":
         if not (dist.is_available() and dist.is_initialized()):
             return cls()
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return cls(dist.get_rank(), dist.get_world_size(), dist.get_node_local_rank(fallback_rank=0))
 
     @property
     def main(self) -> bool:
@@ -213,14 +214,9 @@ def _run(command: list[str], env: dict[str, str]) -> int:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to torchrun, which stops its workers (each in a session of its own) and exits;
-    SIGKILL to its process group if it does not within a minute."""
-    process.terminate()
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    """SIGTERM to torchrun, which stops its workers (each in a session of its own) and exits; if it
+    does not within a minute, SIGKILL to it and to every worker it started."""
+    stop_process_group(process, grace_seconds=60)
 
 
 @contextmanager
@@ -244,7 +240,7 @@ def _sigterm_as_exit() -> Iterator[None]:
 def _worker_env(settings: Settings) -> dict[str, str]:
     threads = World(size=settings.training.processes).threads(settings.training.num_threads)
     # torchrun would set OMP_NUM_THREADS=1 (and warn); the trainer sets torch's threads itself
-    return {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": str(threads)}
+    return child_env(settings, OMP_NUM_THREADS=str(threads))
 
 
 def _result(folder: Path, returncode: int) -> tuple[str, dict]:

@@ -92,13 +92,16 @@ class ExperimentDecision:
                 "promoted": None if self.promoted is None else self.promoted.version}
 
 
-def decide(stats: list[ArmStats], settings: Settings) -> ExperimentDecision:
-    """Each configured challenger's verdict against the champion, from ``impressions.arm_stats``."""
+def decide(stats: list[ArmStats], settings: Settings, done: dict[str, Verdict] | None = None) -> ExperimentDecision:
+    """The verdict against the champion of each configured challenger not ``done`` (``finished``:
+    a final verdict stands; a stopped arm's frozen numbers must not win later against a champion
+    whose numbers grew), from ``impressions.arm_stats``."""
     config = settings.experiments
     live = {s.arm: s for s in stats if s.experiment == config.name and s.shadow == config.shadow}
     champion = next((s for s in stats if s.experiment == config.name and s.arm == CHAMPION and not s.shadow), None)
-    z_crit = NormalDist().inv_cdf(1 - config.alpha / (2 * max(1, len(config.challengers))))
-    arms = [_arm_decision(config, c.name, c.version, champion, live.get(c.name), z_crit) for c in config.challengers]
+    z_crit = NormalDist().inv_cdf(1 - config.alpha / (2 * max(1, len(config.challengers))))  # alpha over all arms
+    open_arms = [c for c in config.challengers if c.name not in (done or {})]
+    arms = [_arm_decision(config, c.name, c.version, champion, live.get(c.name), z_crit) for c in open_arms]
     return ExperimentDecision(config.name, _one_winner(arms))
 
 

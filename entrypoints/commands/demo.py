@@ -28,10 +28,10 @@ import click
 from entrypoints.airflow_env import (admin_password, airflow_cli, airflow_env, migrate_db, start_airflow, ui_url,
                                      wait_until_healthy)
 from entrypoints.inbox import inbox_folder
-from entrypoints.processes import stop_process_group
 from entrypoints.serving import RunningService, ServiceStartError, start_service
 from shoprec.adapters.base import Batch
 from shoprec.config import REPO_ROOT, Settings, load_settings
+from shoprec.processes import stop_process_group
 from simulator.shop import generate, write_generated
 from training.registry import production_version
 

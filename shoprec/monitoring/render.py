@@ -8,6 +8,7 @@ a report renders in a task or a thread without a display.
 from __future__ import annotations
 
 import html
+import io
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from shoprec.durable import write_text_atomically
+from shoprec.durable import write_bytes_atomically, write_text_atomically
 from shoprec.monitoring.report import Distribution, Freshness, InputDrift, ModelQuality, MonitoringReport
 
 PLOTS = ("event_mix", "item_popularity", "freshness", "online_ctr", "offline_metrics")
@@ -49,8 +50,9 @@ def _save(draw: Callable[[Figure, MonitoringReport], None], report: MonitoringRe
     figure = Figure(figsize=(8, 4), layout="constrained")
     FigureCanvasAgg(figure)
     draw(figure, report)
-    figure.savefig(path, dpi=96)
-    return path
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=96)
+    return write_bytes_atomically(path, png.getvalue())  # a re-run never leaves a half-drawn plot
 
 
 # --- the plots ------------------------------------------------------------------------------
