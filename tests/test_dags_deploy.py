@@ -5,7 +5,6 @@ the release check and the rollback of a failed deploy, a training run's settings
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,9 +20,8 @@ from training.artifact import save_artifact
 from training.data import ItemVocab
 from training.models import new_model
 from training.registry import production_version, promote, promotion_history
-from tests.tools import require_tool
+from tests.tools import compose_config
 
-COMPOSE = shutil.which("docker-compose")
 AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"}
 
 
@@ -83,17 +81,8 @@ def test_celery_workers_refuse_sqlite_metadata(home):
         load_settings(airflow={"executor": "CeleryExecutor"})
 
 
-def compose_config(env_file: str, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [COMPOSE, "-f", "docker-compose.yml", "--env-file", env_file, "config"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "SHOPREC_ENV_FILE": env_file, **extra_env},
-    )
-
-
 def test_compose_file_is_valid_and_complete():
-    require_tool(COMPOSE, "docker-compose (Debian's 1.29)")
-    result = compose_config(".env.example", {})
+    result = compose_config()
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     assert {"postgres", "redis", "recommender", "airflow-init"} | AIRFLOW_SERVICES <= set(services)
@@ -113,11 +102,10 @@ def test_compose_file_is_valid_and_complete():
 
 
 def test_compose_file_commits_no_password(tmp_path):
-    require_tool(COMPOSE, "docker-compose (Debian's 1.29)")
     """Without an env file that sets them, the secrets are missing and compose refuses."""
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    result = compose_config(str(empty), {})
+    result = compose_config(str(empty))
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr
 

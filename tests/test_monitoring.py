@@ -45,7 +45,7 @@ from training.artifact import save_artifact
 from training.data import ItemVocab
 from training.models import new_model
 from training.registry import promote
-from tests.tools import require_tool
+from tests.tools import compose_config
 
 _SESSION_SETTINGS = load_settings()
 _SESSION_SETTINGS.airflow_home.mkdir(parents=True, exist_ok=True)
@@ -427,14 +427,9 @@ def test_prometheus_scrapes_the_service_metrics_without_a_token():
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
 
 
-COMPOSE = shutil.which("docker-compose")
-
 
 def test_the_production_compose_file_runs_prometheus_and_grafana():
-    require_tool(COMPOSE, "docker-compose")
-    result = subprocess.run([COMPOSE, "-f", "docker-compose.yml", "--env-file", ".env.example", "config"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "SHOPREC_ENV_FILE": ".env.example"})
+    result = compose_config()
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     prometheus, grafana = services["prometheus"], services["grafana"]

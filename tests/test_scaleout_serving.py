@@ -45,10 +45,9 @@ from training.artifact import save_artifact
 from training.data import ItemVocab
 from training.models import new_model
 from training.registry import production_version, promote
-from tests.tools import require_tool
+from tests.tools import compose_config, require_tool
 
 HAPROXY = shutil.which("haproxy")
-COMPOSE = shutil.which("docker-compose")
 REPLICA_PORTS = (3641, 3642)  # this test's ports (3640-3660): replicas, the balancer, Redis
 BALANCER_PORT = 3660
 REDIS_PORT = 3659
@@ -88,10 +87,7 @@ def test_a_replica_address_must_name_a_port(home):
 
 
 def test_compose_runs_two_replicas_behind_the_balancer():
-    require_tool(COMPOSE, "docker-compose (Debian's 1.29)")
-    result = subprocess.run([COMPOSE, "-f", "docker-compose.yml", "--env-file", ".env.example", "config"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "SHOPREC_ENV_FILE": ".env.example"})
+    result = compose_config()
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     replicas = [name for name, s in services.items() if s.get("command", [])[:2] == ["bentoml", "serve"]]
