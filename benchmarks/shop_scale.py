@@ -53,6 +53,7 @@ class StageResult:
     seconds: float
     peak_rss_mib: float
     details: dict
+    cpu_seconds: float | None = None  # the stage's own user + system CPU: steadier than wall time on a shared machine
 
 
 # --- the stages (each runs in its own child process) ---------------------------------------------
@@ -115,12 +116,12 @@ def _baselines(settings, state: dict) -> dict:
 
     from training.artifact import load_recommender
     from training.baselines import baseline_scorers
-    from training.data import item_counts, time_split
+    from training.data import item_counts, read_split_events, time_split
     from training.evaluate import evaluate_scorer
     from training.vocab import ItemVocab
 
     folder = Path(state["training_set"]["run_dir"])
-    events = pd.read_parquet(folder / "events.parquet")
+    events = read_split_events(folder / "events.parquet")
     model = load_recommender(state["compress"]["served_version"], settings)
     vocab = ItemVocab(model.item_ids)
     hp = settings.hyperparameters
@@ -152,8 +153,8 @@ def _serve(settings, work: Path, args: argparse.Namespace) -> dict:
 
 
 # --- the parent: one child per stage, timed and measured ----------------------------------------------
-def measure_child(command: list[str], env: dict) -> tuple[float, float, int]:
-    """(seconds, peak RSS MiB of the process tree, exit code)."""
+def measure_child(command: list[str], env: dict) -> tuple[float, float, float, int]:
+    """(seconds, peak RSS MiB of the process tree, CPU seconds, exit code)."""
     import psutil
 
     started = time.perf_counter()
@@ -176,7 +177,8 @@ def measure_child(command: list[str], env: dict) -> tuple[float, float, int]:
     child.returncode = os.waitstatus_to_exitcode(status)
     sampler.join()
     seconds = time.perf_counter() - started
-    return seconds, max(peak[0] / 2**20, usage.ru_maxrss / 1024), child.returncode
+    cpu = usage.ru_utime + usage.ru_stime  # the child and the processes it waited for (bentoml's workers)
+    return seconds, max(peak[0] / 2**20, usage.ru_maxrss / 1024), cpu, child.returncode
 
 
 def run_size(n_events: int, args: argparse.Namespace) -> dict:
@@ -191,20 +193,23 @@ def run_size(n_events: int, args: argparse.Namespace) -> dict:
     state["redis_port"] = redis.port
     env = {**child_env(load_settings(home=work / "home")), "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
     try:
-        for stage in STAGES[len(results):]:
+        for stage in STAGES[len(results):STAGES.index(args.until) + 1 if args.until else None]:
             (work / "state.json").write_text(json.dumps(state, default=str))
             command = [sys.executable, __file__, "--stage", stage, "--work", str(work), "--events", str(n_events),
                        "--seed", str(args.seed), "--preset", args.preset, "--seconds", str(args.seconds)]
-            seconds, rss, code = measure_child(command, env)
+            seconds, rss, cpu, code = measure_child(command, env)
             if code != 0:
                 raise SystemExit(f"stage {stage} failed (exit {code}); its work is kept in {work} "
                                  f"(--resume {work} goes on from it)")
             state[stage] = json.loads((work / f"{stage}.json").read_text())
-            results.append(StageResult(stage, round(seconds, 1), round(rss, 1), state[stage]))
+            results.append(StageResult(stage, round(seconds, 1), round(rss, 1), state[stage], round(cpu, 1)))
             (work / "results.json").write_text(json.dumps([asdict(r) for r in results], default=str))
-            print(f"[{n_events:,} events] {stage}: {seconds:.1f} s, peak RSS {rss:,.0f} MiB", flush=True)
+            print(f"[{n_events:,} events] {stage}: {seconds:.1f} s ({cpu:.0f} s CPU), peak RSS {rss:,.0f} MiB", flush=True)
+        (work / "state.json").write_text(json.dumps(state, default=str))  # a --resume after --until needs the last stage's
     finally:
         redis.kill()
+    if args.until and len(results) < len(STAGES):
+        raise SystemExit(f"stopped after {args.until}; the work is kept in {work} (--resume {work} goes on from it)")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     pipeline = sum(r.seconds for r in results if r.stage not in NOT_PIPELINE)
@@ -233,19 +238,20 @@ def summary(run: dict) -> dict:
 
 def markdown(runs: dict[str, dict]) -> str:
     sizes = sorted(runs.values(), key=lambda r: r["events"])
-    header = "| stage | " + " | ".join(f"{r['events'] / 1e6:g} M: s | peak RSS MiB" for r in sizes) + " |"
+    header = "| stage | " + " | ".join(f"{r['events'] / 1e6:g} M: s | CPU s | peak RSS MiB" for r in sizes) + " |"
     lines = ["# Shop scale: the whole pipeline on one machine", "",
              "`python benchmarks/shop_scale.py --events N` (stages run as the DAGs run them, each in its own "
              f"process). Machine: {sizes[0]['machine']}; preset `{sizes[0]['preset']}`.", "",
-             header, "|---|" + "---:|---:|" * len(sizes)]
+             header, "|---|" + "---:|---:|---:|" * len(sizes)]
     for stage in STAGES:
         cells = []
         for run in sizes:
             s = next(x for x in run["stages"] if x["stage"] == stage)
-            cells.append(f"{s['seconds']:,.1f} | {s['peak_rss_mib']:,.0f}")
+            cpu = s.get("cpu_seconds")
+            cells.append(f"{s['seconds']:,.1f} | {'-' if cpu is None else f'{cpu:,.1f}'} | {s['peak_rss_mib']:,.0f}")
         name = f"{stage} (not in the pipeline time)" if stage in NOT_PIPELINE else stage
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("| **pipeline** | " + " | ".join(f"**{r['pipeline_seconds']:,.0f}** | " for r in sizes) + " |")
+    lines.append("| **pipeline** | " + " | ".join(f"**{r['pipeline_seconds']:,.0f}** | | " for r in sizes) + " |")
     lines += ["", "| shop | users | items | materialize rows/s SQLite | Redis | NDCG@10 model | popularity | Markov "
                   "| serve c=8 p99 ms | c=32 req/s | errors |", "|---|" + "---:|" * 10]
     for run in sizes:
@@ -259,12 +265,16 @@ def markdown(runs: dict[str, dict]) -> str:
         factor = large["events"] / small["events"]
         lines += ["", f"Growth from {small['events'] / 1e6:g} M to {large['events'] / 1e6:g} M events "
                       f"({factor:g}x the data): time ratio per stage (<= {factor:g} is at most linear)", "",
-                  "| stage | time ratio |", "|---|---:|"]
+                  "| stage | time ratio | CPU ratio |", "|---|---:|---:|"]
         for stage in STAGES:
-            a = next(x for x in small["stages"] if x["stage"] == stage)["seconds"]
-            b = next(x for x in large["stages"] if x["stage"] == stage)["seconds"]
-            lines.append(f"| {stage} | {b / a:.1f} |" if a else f"| {stage} | - |")
+            a = next(x for x in small["stages"] if x["stage"] == stage)
+            b = next(x for x in large["stages"] if x["stage"] == stage)
+            lines.append(f"| {stage} | {_ratio(b['seconds'], a['seconds'])} | {_ratio(b.get('cpu_seconds'), a.get('cpu_seconds'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(large, small) -> str:
+    return f"{large / small:.1f}" if large and small else "-"
 
 
 def _f(value) -> str:
@@ -317,6 +327,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=None, help="where the shop and its home are made (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--resume", type=Path, help="go on with the stages a stopped run (one --events) left undone")
+    parser.add_argument("--until", choices=STAGES, help="stop after this stage and keep the work folder (for --resume)")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

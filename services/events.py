@@ -5,7 +5,7 @@ catalog check on; ``validate_event_records``, plain Python): a batch with any in
 is refused whole (422, each bad event's index and messages), nothing written. A valid batch
 goes through ``OnlineFeatures.push_records`` only, which writes each event online and to the
 offline event log once, together with the pushes of the worker's other request threads
-(group commit: one online read and write and one event-log fsync per group; the events of
+(group commit: one online read and write and one event-log fsync per part of a group; the events of
 a group are conformed to the canonical schema at once, ``accept_events``): an event whose
 ``event_id`` (given, or derived from its fields) the user already has is counted as a
 duplicate, not written again. The answer comes after the group's fsync: an acknowledged

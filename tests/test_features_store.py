@@ -497,35 +497,11 @@ def test_incremental_materialization_writes_the_changed_users_only(bulk_shop):
     assert again.views["user_recent_items"].entities == 0 and again.views["item_stats"].entities == 0
 
 
-def test_online_rows_are_what_feasts_own_conversion_makes(bulk_shop):
-    """The bulk path's protobuf values equal Feast's _convert_arrow_to_proto, nulls and NaN included."""
-    from feast.utils import _convert_arrow_to_proto
-
-    settings, _ = bulk_shop
-    fs = feast_store.feature_store(settings)
-    for name in tables.TABLES:
-        view = fs.get_feature_view(name)
-        key = view.entity_columns[0].name
-        rows = feast_store.latest_rows(tables.table_path(settings, name), key).rows.slice(0, 300)
-        rows = rows.select([key, *[f.name for f in view.features], "event_timestamp"])
-        odd = {f.name: pa.nulls(1, rows.schema.field(f.name).type) for f in view.features}  # an all-null row
-        if name == "item_stats":
-            odd["price"] = pa.array([float("nan")])
-        else:
-            odd["item_ids"] = pa.array([[]], rows.schema.field("item_ids").type)
-        odd_row = pa.table({key: ["odd"], **odd, "event_timestamp": rows.column("event_timestamp").slice(0, 1)}, schema=rows.schema)
-        rows = pa.concat_tables([rows, odd_row]).combine_chunks()  # Feast converts only the first record batch
-        ours = feast_store.online_rows(view, rows, feast_store._row_times(rows))
-        feasts = _convert_arrow_to_proto(rows, view, {key: view.entity_columns[0].dtype.to_value_type()})
-        assert [r[0] for r in ours] == [r[0] for r in feasts]
-        assert [r[1] for r in ours] == [r[1] for r in feasts]
-        assert [r[2] for r in ours] == [r[2] for r in feasts]
-
-
 def test_the_bulk_sqlite_writer_stores_what_feasts_writer_stores(bulk_shop, tmp_path):
     import sqlite3
 
     from feast.infra.online_stores.sqlite import SqliteOnlineStore
+    from feast.utils import _convert_arrow_to_proto
 
     settings, _ = bulk_shop
     if settings.online_store.type != "sqlite":
@@ -537,8 +513,9 @@ def test_the_bulk_sqlite_writer_stores_what_feasts_writer_stores(bulk_shop, tmp_
     dumps = []
     for name in tables.TABLES:
         view = fs.get_feature_view(name)
-        rows = feast_store.latest_rows(tables.table_path(settings, name), view.entity_columns[0].name).rows
-        data = feast_store.online_rows(view, rows, feast_store._row_times(rows))
+        key = view.entity_columns[0]
+        rows = feast_store.latest_rows(tables.table_path(settings, name), key.name).rows
+        data = _convert_arrow_to_proto(rows, view, {key.name: key.dtype.to_value_type()})  # Feast's conversion, Feast's writer
         SqliteOnlineStore().online_write_batch(feasts.config, view, data, None)
     for config in (fs.config, feasts.config):
         with sqlite3.connect(config.online_store.path) as conn:
@@ -584,7 +561,7 @@ def test_the_sqlite_stores_entity_keys_are_feasts():
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from shoprec.features.sqlite_store import entity_key_bytes
+    from shoprec.features.value_bytes import entity_key_bytes
 
     keys = [EntityKey(join_keys=[name], entity_values=[Value(string_val=value)])
             for name in ("user_id", "item_id") for value in ("u1", "", "ünïcødé-ü", "x" * 300)]

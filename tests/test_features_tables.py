@@ -11,6 +11,7 @@ import yaml
 
 from shoprec.config import FEATURE_REPO_DIR, OnlineStoreSettings, RegistrySettings, load_settings
 from shoprec.features import store, tables
+from shoprec.features.redis_store import STORE_TYPE as REDIS_STORE_TYPE
 from shoprec.features.sqlite_store import STORE_TYPE as SQLITE_STORE_TYPE
 from shoprec.features.sequence import extend_sequence, recent_items
 from shoprec.text_embedding import EmbeddingCache
@@ -60,7 +61,7 @@ def test_feast_yaml_follows_the_settings(home):
     prod = load_settings(online_store={"type": "redis", "redis_connection_string": "127.0.0.1:6379,db=9", "key_ttl_seconds": 60},
                          registry={"type": "sql", "sql_url": "postgresql+psycopg2://postgres@127.0.0.1:5432/x"})
     config = yaml.safe_load(store.write_feast_yaml(prod).read_text())
-    assert config["online_store"] == {"type": "redis", "connection_string": "127.0.0.1:6379,db=9", "key_ttl_seconds": 60}
+    assert config["online_store"] == {"type": REDIS_STORE_TYPE, "connection_string": "127.0.0.1:6379,db=9", "key_ttl_seconds": 60}
     assert config["registry"]["registry_type"] == "sql" and config["registry"]["path"].endswith("5432/x")
     mixed = yaml.safe_load(store.feast_yaml(load_settings(registry={"type": "sql"})))  # any pair works
     assert mixed["online_store"]["type"] == SQLITE_STORE_TYPE and mixed["registry"]["registry_type"] == "sql"

@@ -24,12 +24,14 @@ from typing import TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from shoprec import lake
 from shoprec.config import Settings
-from shoprec.ledger import drop_erased
 from training.artifact import Recommender, load_recommender
 from training.compression.pipeline import compress_recommender
-from training.data import PAD, ItemVocab, feature_store_events, item_counts, load_events, time_split
+from training.data import (PAD, ItemVocab, LakeEvents, feature_store_event_batches, item_counts, read_split_events,
+                           time_split, without_erased, write_run_events)
 from training.evaluate import Scorer, evaluate_scorer
 from training.pipeline import train_version, warm_start
 from training.registry import production_version, trained_root
@@ -118,27 +120,33 @@ def build_training_set(settings: Settings, run_id: str) -> TrainingSet:
     folder = run_dir(settings, run_id)
 
     def make() -> TrainingSet:
-        events, items = load_events("lake", settings)
-        events = drop_erased(events, settings)  # the ledger: no erased user in a run's data
-        cutoff = pd.Timestamp(events["timestamp"].quantile(1.0 - settings.promotion.holdout_fraction))
-        before = events[events["timestamp"] < cutoff]
-        train = feature_store_events(settings, before["user_id"].unique(), cutoff - pd.Timedelta(microseconds=1))
-        train = drop_erased(train, settings)
-        events.to_parquet(folder / "events.parquet")
-        train.to_parquet(folder / "train_events.parquet")
-        items.to_parquet(folder / "items.parquet")
-        return TrainingSet(str(folder), cutoff.isoformat(), int(len(events)), int(len(train)),
-                           "feature store (point-in-time join)")
+        cutoff, users, events = _write_lake_events(settings, folder / "events.parquet")
+        train = feature_store_event_batches(settings, users, cutoff - pd.Timedelta(microseconds=1))
+        written = write_run_events((without_erased(batch, settings) for batch in train), folder / "train_events.parquet")
+        lake.read_items(settings.lake_dir).to_parquet(folder / "items.parquet")
+        return TrainingSet(str(folder), cutoff.isoformat(), events, written, "feature store (point-in-time join)")
 
     folder.mkdir(parents=True, exist_ok=True)
     return _recorded(folder / "training_set.json", TrainingSet, make)
 
 
-def _data(dataset: TrainingSet) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
-    """(all events of the run, for the hold-out; the catalog; the cutoff)."""
-    folder = Path(dataset.run_dir)
-    return (pd.read_parquet(folder / "events.parquet"), pd.read_parquet(folder / "items.parquet"),
-            pd.Timestamp(dataset.cutoff))
+def _write_lake_events(settings: Settings, path: Path) -> tuple[pd.Timestamp, pa.Array, int]:
+    """The lake's events (no erased user: the ledger) into a run's ``events.parquet``; returns the
+    hold-out cutoff, the users with an event before it (in the order of their first) and the
+    events written. The lake's Arrow table is let go on return, before the sequences are read."""
+    events = LakeEvents.read(settings)
+    times = pd.Series(pd.to_datetime(events.times, utc=True))
+    cutoff = pd.Timestamp(times.quantile(1.0 - settings.promotion.holdout_fraction))
+    return cutoff, events.users_before(cutoff), write_run_events(events.batches(), path)
+
+
+def _data(dataset: TrainingSet) -> tuple[pd.DataFrame, pd.Timestamp]:
+    """(all events of the run, the columns ``time_split`` reads; the cutoff)."""
+    return read_split_events(Path(dataset.run_dir) / "events.parquet"), pd.Timestamp(dataset.cutoff)
+
+
+def _items(dataset: TrainingSet) -> pd.DataFrame:
+    return pd.read_parquet(Path(dataset.run_dir) / "items.parquet")
 
 
 def _training_events(dataset: TrainingSet) -> pd.DataFrame:
@@ -153,7 +161,7 @@ def train_challenger(settings: Settings, dataset: TrainingSet, mode: str = "auto
         raise ValueError(f"unknown training mode {mode!r}; choose one of {', '.join(MODES)}")
 
     def make() -> Challenger:
-        _, items, _ = _data(dataset)
+        items = _items(dataset)
         before = _training_events(dataset)
         champion = production_version(settings)
         base = trained_root(champion, settings) if champion else None
@@ -184,7 +192,7 @@ def compress_challenger(settings: Settings, challenger: Challenger, dataset: Tra
     tune_cpu_runtime(settings.training.num_threads)  # latencies are measured with the threads serving would use
 
     def make() -> CompressedChallenger:
-        events, _, cutoff = _data(dataset)
+        events, cutoff = _data(dataset)
         parent = load_recommender(challenger.version, settings)
         split = time_split(events, ItemVocab(parent.item_ids), cutoff)
         result = compress_recommender(parent, split, settings, "lake, time hold-out")
@@ -222,7 +230,7 @@ def challenger_vs_champion(settings: Settings, compressed: CompressedChallenger,
     hold-out; no champion metrics when nothing is in production."""
 
     def make() -> Evaluation:
-        events, _, cutoff = _data(dataset)
+        events, cutoff = _data(dataset)
         model = load_recommender(compressed.served_version, settings)
         vocab = ItemVocab(model.item_ids)
         split = time_split(events, vocab, cutoff)

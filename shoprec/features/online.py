@@ -8,13 +8,14 @@ through ``sequence.merge_sequence`` (the same rule as the batch table), are writ
 feature views fed by the PushSource ``user_events_push``, then appended to the offline event
 log (``shoprec.event_log``: durable before the push returns), so the next ``features build``
 includes them. Pushes are grouped: the pushes that arrive in a worker's threads while a group
-runs go together as the next group (``_Groups``), one online read and write, one event-log
-fsync and two index writes for all of them; a 1-event push cost 7 ms alone (20-30 ms with
+runs go together as the next group (``_Groups``), written in parts of whole lock buckets
+(``_parts``): one online read and write, one event-log fsync and two index writes per part;
+a 1-event push cost 7 ms alone (20-30 ms with
 the HTTP service), a 100-event push 550 ms (one user after the other). A push is a
 read-modify-write of each user's whole row, so updates are serialised per user: across
 threads, across the service's worker processes (a file lock on the host), and across hosts
 when the online store is Redis (a Redis lock); materialization takes the same locks
-(``store.push_lock``, one per bucket of users; a group takes its buckets in order).
+(``store.push_lock``, one per bucket of users; a part takes its buckets in order).
 Each event is written once: ``shoprec.features.event_index`` remembers a user's event ids.
 What a valid event or id is, is decided by the rules of ``shoprec.validation``, nowhere here.
 """
@@ -22,7 +23,6 @@ What a valid event or id is, is decided by the rules of ``shoprec.validation``, 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import sqlite3
 import threading
@@ -33,6 +33,7 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd
+import pyarrow as pa
 import redis
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _redis_key
@@ -44,7 +45,7 @@ from shoprec.config import Settings
 from shoprec.event_log import EventLog, encode_record
 from shoprec.features import tables
 from shoprec.features.sequence import SEQUENCE_COLUMNS, merge_sequence
-from shoprec.features.event_index import EventIndex, RedisEventIndex, SqliteEventIndex, events_json
+from shoprec.features.event_index import EventIndex, RedisEventIndex, SqliteEventIndex
 from shoprec.features.store import (
     PUSH_LOCK_TIMEOUT_S,
     PushLockTimeout,
@@ -52,7 +53,7 @@ from shoprec.features.store import (
     push_lock,
     push_lock_bucket,
 )
-from shoprec.schema import derived_event_ids, empty_events
+from shoprec.schema import EVENT_ARROW_SCHEMA, derived_event_ids, empty_events
 from shoprec.validation import InvalidEvents, ValidEvents, accept_events, check_id, id_rules
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ UNAVAILABLE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.Timeout
 # events per group (at least one push): about 0.2 ms of lock time per event (a 430-event group
 # held the locks 76 ms), so a group holds them well under a second, far from PUSH_LOCK_TIMEOUT_S
 MAX_GROUP_EVENTS = 2000
+# events per part of a group (``_parts``): 8 x 100-event bodies in parts of 250, against one
+# part, gave 1,740 and 1,427 against 1,281 and 966 events/s in runs side by side (load 9-16)
+PART_EVENTS = 250
 RELEASE_LOCK = """if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"""
 
 
@@ -117,6 +121,7 @@ class OnlineFeatures:
         self._log = EventLog(tables.event_log_dir(settings))
         self._groups = _Groups(self._run_jobs)
         self._lock_files: dict[int, object] = {}  # bucket -> open lock file (SQLite): one open per bucket and process
+        self._config_of_pushes = None  # the store's config as pushes write with it (``_push_config``)
 
     @property
     def store(self):
@@ -134,14 +139,22 @@ class OnlineFeatures:
         return {u: [i for i, _ in events] for u, events in self.recent_events(user_ids).items()}
 
     def recent_events(self, user_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
-        """Each user's (item_id, event_type) pairs, oldest first: the serving read, without
-        the timestamps (converting them costs a third of the read)."""
-        rows = self.features(EVENT_REFS, "user_id", user_ids)
+        """Each user's (item_id, event_type) pairs, oldest first: the serving read, without the
+        timestamps, through the online store's own ``online_read`` (as ``_stored_triples``; the
+        view has no TTL): ``get_online_features`` cost 0.75 ms of CPU for a 4-user batch."""
+        ids = list(dict.fromkeys(self._check_ids(user_ids)))
+        if not ids:
+            return {}
+        try:
+            rows = self.store._get_provider().online_read(self.store.config, self._sequence_view(),
+                                                          [_user_key(u) for u in ids], [r.split(":", 1)[1] for r in EVENT_REFS])
+        except UNAVAILABLE_ERRORS as exc:
+            raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
         out = {}
-        for user, row in rows.items():
-            items = row["item_ids"] or []
-            types = row["event_types"] or ["view"] * len(items)
-            out[user] = [(str(i), str(t)) for i, t in zip(items, types) if i is not None]
+        for user, (_, values) in zip(ids, rows):
+            items = list(values["item_ids"].string_list_val.val) if values and "item_ids" in values else []
+            types = list(values["event_types"].string_list_val.val) if values and "event_types" in values else []
+            out[user] = list(zip(items, types or ["view"] * len(items)))
         return out
 
     def user_sequences(self, user_ids: list[str]) -> dict[str, dict]:
@@ -158,30 +171,47 @@ class OnlineFeatures:
 
     def _stored_triples(self, user_ids: list[str]) -> dict[str, list[tuple[str, str, int]]]:
         """Each user's online sequence as (item_id, event_type, nanoseconds) triples, oldest first,
-        read from the response's protos: Feast's dict form makes a datetime per element, which
-        cost most of a 400-user push group's read (21 ms)."""
+        through the online store's own ``online_read`` (what ``get_online_features`` ends in):
+        Feast's response building around it, and a datetime per element in its dict form, cost
+        59 us of CPU a user (47 ms of an 800-user group)."""
         try:
-            response = self.store.get_online_features(features=SEQUENCE_REFS, entity_rows=[{"user_id": u} for u in user_ids])
+            rows = self.store._get_provider().online_read(self.store.config, self._sequence_view(),
+                                                          [_user_key(u) for u in user_ids], list(SEQUENCE_COLUMNS))
         except UNAVAILABLE_ERRORS as exc:
             raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
-        names = list(response.proto.metadata.feature_names.val)
-        columns = [response.proto.results[names.index(c)].values for c in SEQUENCE_COLUMNS]
         out = {}
-        for k, user in enumerate(user_ids):
-            items, types, stamps = (col[k] for col in columns)
-            seconds = stamps.unix_timestamp_list_val.val
-            types = types.string_list_val.val or ["view"] * len(seconds)
-            out[user] = [(i, t, s * 1_000_000_000) for i, t, s in zip(items.string_list_val.val, types, seconds)]
+        for user, (_, values) in zip(user_ids, rows):
+            if not values:  # no row yet
+                out[user] = []
+                continue
+            seconds = values["timestamps"].unix_timestamp_list_val.val
+            types = values["event_types"].string_list_val.val or ["view"] * len(seconds)
+            out[user] = [(i, t, s * 1_000_000_000) for i, t, s in zip(values["item_ids"].string_list_val.val, types, seconds)]
         return out
 
     def item_states(self, item_ids: list[str]) -> dict[str, ItemState]:
-        """Availability and price per item, in one read: the serving path's item lookup."""
-        rows = self.features(ITEM_STATE_REFS, "item_id", item_ids)
-        return {
-            item: ItemState(None if row["available"] is None else bool(row["available"]),
-                            None if row["price"] is None else float(row["price"]))
-            for item, row in rows.items()
-        }
+        """Availability and price per item, in one read: the serving path's item lookup, through the
+        online store's own ``online_read`` (as ``_stored_triples``; the view has no TTL, so nothing is
+        filtered by age). ``get_online_features`` cost 1.55 ms of CPU for the 18 items a 4-request
+        batch reads at 100,000 items (its response building and dict form), ``online_read`` 0.32 ms."""
+        ids = list(dict.fromkeys(self._check_ids(item_ids)))
+        if not ids:
+            return {}
+        keys = [EntityKey(join_keys=["item_id"], entity_values=[Value(string_val=i)]) for i in ids]
+        try:
+            rows = self.store._get_provider().online_read(self.store.config, self._item_view(), keys,
+                                                          [r.split(":", 1)[1] for r in ITEM_STATE_REFS])
+        except UNAVAILABLE_ERRORS as exc:
+            raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
+        return {item: ItemState(_proto_value(values, "available", bool), _proto_value(values, "price", float))
+                for item, (_, values) in zip(ids, rows)}
+
+    def _item_view(self):
+        """The ``item_stats`` feature view (read from the registry once)."""
+        view = getattr(self, "_item_stats_view", None)
+        if view is None:
+            view = self._item_stats_view = self.store.get_feature_view(ITEM_STATE_REFS[0].split(":")[0])
+        return view
 
     def features(self, refs: list[str], key: str, ids: list[str]) -> dict[str, dict]:
         """Any ``view:feature`` references for the ids of one entity key, by id."""
@@ -243,11 +273,12 @@ class OnlineFeatures:
         return job.frame
 
     def _push_group(self, frames: list[pd.DataFrame]) -> list[Pushed]:
-        """The pushes of one group: under the push locks of all their users (one lock per bucket,
-        taken in order), the pending records of crashed pushes resolved, then for the events no
-        user has yet: the pending records, the online rows, the event log (one fsync), the ids;
-        one read or write of each for the whole group. A push killed at any point is completed
-        or dropped whole by the user's next push (a retry: ``_finish_pending``)."""
+        """The pushes of one group, in parts of whole lock buckets (``_parts``), one after the
+        other: under the push locks of a part's users (one lock per bucket, taken in order),
+        the pending records of crashed pushes resolved, then for the events no user has yet:
+        the pending records, the online rows, the event log (one fsync), the ids; one read or
+        write of each per part. A push killed at any point is completed or dropped whole, user
+        by user, by the user's next push (a retry: ``_finish_pending``)."""
         sizes = [len(f) for f in frames]
         events = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
         if not len(events):
@@ -255,32 +286,48 @@ class OnlineFeatures:
         events = events.assign(event_id=events["event_id"].fillna(derived_event_ids(events)))
         users = events["user_id"].tolist()
         ids = events["event_id"].tolist()
-        fresh = [False] * len(users)
-        # the ledger is read under the locks: a user erased while this push waited is dropped too
-        with self._bucket_locks(sorted({push_lock_bucket(u) for u in users})):
-            erased = ledger.erased_mask(events["user_id"], self._erased_keys()).tolist()
-            live = sorted({u for u, gone in zip(users, erased) if not gone})
-            if live:
-                stored = self._stored_triples(live)
-                self._finish_pending(live, stored)
-                seen = self._index(self.index.seen_pairs, [(u, e) for u, e, gone in zip(users, ids, erased) if not gone])
-                for row, (user, event_id, gone) in enumerate(zip(users, ids, erased)):
-                    if not gone and (user, event_id) not in seen:
-                        seen.add((user, event_id))  # a repeat in this group is a duplicate
-                        fresh[row] = True
-                if any(fresh):
-                    self._write_group(events[fresh], stored)
+        fresh, erased = [False] * len(users), [False] * len(users)
+        # the pending records' text and the log's rows, made once, before any lock is taken
+        made = _Made(_json_lines(events), pa.Table.from_pandas(events, schema=EVENT_ARROW_SCHEMA, preserve_index=False))
+        for rows in _parts(users):
+            self._push_part(events, rows, users, ids, made, fresh, erased)
         return _split(sizes, ids, fresh, erased)
 
-    def _write_group(self, fresh: pd.DataFrame, stored: dict[str, list[tuple]]) -> None:
+    def _push_part(self, events: pd.DataFrame, rows: list[int], users: list[str], ids: list[str],
+                   made: "_Made", fresh: list[bool], erased: list[bool]) -> None:
+        """One part of a group (``rows``): marks its rows ``fresh`` (written now) or ``erased``."""
+        # the ledger is read under the locks: a user erased while this push waited is dropped too
+        with self._bucket_locks(sorted({push_lock_bucket(users[r]) for r in rows})):
+            gone = ledger.erased_mask(pd.Series([users[r] for r in rows], dtype=object), self._erased_keys()).tolist()
+            live_rows = [r for r, g in zip(rows, gone) if not g]
+            for r, g in zip(rows, gone):
+                erased[r] = g
+            live = sorted({users[r] for r in live_rows})
+            if not live:
+                return
+            stored = self._stored_triples(live)
+            self._finish_pending(live, stored)
+            seen = self._index(self.index.seen_pairs, [(users[r], ids[r]) for r in live_rows])
+            new = []
+            for r in live_rows:
+                if (users[r], ids[r]) not in seen:
+                    seen.add((users[r], ids[r]))  # a repeat in this group is a duplicate
+                    fresh[r] = True
+                    new.append(r)
+            if new:
+                self._write_group(events.iloc[new], stored, [made.lines[r] for r in new], made.table.take(new))
+
+    def _write_group(self, fresh: pd.DataFrame, stored: dict[str, list[tuple]], lines: list[str],
+                     logged: pa.Table) -> None:
+        """``fresh``'s events online, in the log and in the index; ``lines``: each event's JSON,
+        ``logged``: the events as the log's rows."""
         rows_of: dict[str, list[int]] = defaultdict(list)
         for row, user in enumerate(fresh["user_id"].tolist()):
             rows_of[user].append(row)
         items, types, ids = fresh["item_id"].tolist(), fresh["event_type"].tolist(), fresh["event_id"].tolist()
         times = pd.DatetimeIndex(fresh["timestamp"]).asi8.tolist()  # nanoseconds: what merge_sequence sorts
-        records = json.loads(events_json(fresh))  # one serialisation for every pending record
-        # Redis keeps a row only if its timestamp is newer than the stored one: stamp the
-        # push time, so a late (older) event still replaces the row it was merged into.
+        # materialize keeps a stored row whose timestamp is newer than its own: stamp the push
+        # time, so a late (older) event's row is not rolled back by the next materialization
         now = time.time_ns()
         rows, pending = [], []
         for user, at in rows_of.items():
@@ -288,32 +335,48 @@ class OnlineFeatures:
                                     self.settings.features.sequence_length)
             stamp = pd.Timestamp(-(-max(now, merged[-1][2]) // 1000) * 1000, tz="UTC")  # whole microseconds: a datetime's
             rows.append((user, merged, stamp))
-            pending.append((user, stamp, json.dumps([records[r] for r in at])))
+            pending.append((user, stamp, "[" + ",".join(lines[r] for r in at) + "]"))
         self._index(self.index.begin_many, pending)
         self._write_online(rows)
-        self._append_to_log(fresh)
+        self._append_to_log(logged)
         self._index(self.index.commit_many, {user: [ids[r] for r in at] for user, at in rows_of.items()})
 
     def _write_online(self, rows: list[tuple[str, list[tuple], pd.Timestamp]]) -> None:
         """The users' new rows (user, merged triples, row stamp), through the online store's own
         ``online_write_batch`` (what ``write_to_online_store`` ends in): the values made as Feast
         makes them (strings, whole seconds), without its frame-to-Arrow-to-proto detour, half of
-        a 100-user write (9.4 to 4.9 ms)."""
+        a 100-user write (9.4 to 4.9 ms). Redis is written without Feast's read of the stored
+        timestamps (``skip_dedup``): the rows were read under these users' locks, and each
+        stamp is newer than the one it replaces."""
         data = []
         for user, merged, stamp in rows:
             values = {"item_ids": Value(string_list_val=StringList(val=[str(e[0]) for e in merged])),
                       "event_types": Value(string_list_val=StringList(val=[str(e[1]) for e in merged])),
                       "timestamps": Value(unix_timestamp_list_val=Int64List(val=[e[2] // 1_000_000_000 for e in merged]))}
-            key = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user)])
-            data.append((key, values, stamp.to_pydatetime(), None))
+            data.append((_user_key(user), values, stamp.to_pydatetime(), None))
         try:
             provider = self.store._get_provider()
             for view in self._views_fed_by_push():
                 fields = [f.name for f in view.features]
-                provider.online_write_batch(self.store.config, view, [(k, {f: v[f] for f in fields}, t, c) for k, v, t, c in data],
-                                            progress=None)
+                rows_of_view = [(k, {f: v[f] for f in fields}, t, c) for k, v, t, c in data]
+                provider.online_write_batch(self._push_config(), view, rows_of_view, progress=None)
         except UNAVAILABLE_ERRORS as exc:
             raise FeatureStoreUnavailable(f"online store unreachable: {exc}") from exc
+
+    def _push_config(self):
+        """The store's config, on Redis with ``skip_dedup``: written without comparing the stored timestamps."""
+        config = self.store.config
+        if self.settings.online_store.type != "redis":
+            return config
+        if self._config_of_pushes is None:  # one shared store on Redis
+            copy = config.model_copy()
+            copy._online_store = config.online_store.model_copy(update={"skip_dedup": True})
+            self._config_of_pushes = copy
+        return self._config_of_pushes
+
+    def _sequence_view(self):
+        """The feature view the sequences are read from (``user_recent_items``)."""
+        return next(v for v in self._views_fed_by_push() if v.name == SEQUENCE_REFS[0].split(":")[0])
 
     def _erased_keys(self) -> frozenset[str]:
         return self._erased.current()
@@ -334,7 +397,7 @@ class OnlineFeatures:
         if dropped:
             self._index(self.index.drop_pending_many, dropped)
 
-    def _append_to_log(self, events: pd.DataFrame) -> None:
+    def _append_to_log(self, events: pd.DataFrame | pa.Table) -> None:
         try:
             self._log.append(events)
         except OSError as exc:
@@ -464,7 +527,7 @@ class OnlineFeatures:
         config = self.store.config
         key = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
         try:
-            if config.online_store.type == "redis":
+            if self.settings.online_store.type == "redis":
                 client = self._redis()
                 deleted = int(client.delete(_redis_key(config.project, key, config.entity_key_serialization_version)))
                 _rewrite_append_only_file(client)
@@ -533,6 +596,17 @@ def _retry_in_progress(command, attempts: int) -> None:
             if "in progress" not in str(exc):
                 return
             time.sleep(0.1)
+
+
+def _proto_value(values: dict | None, name: str, kind: type):
+    """A field of an ``online_read`` row as ``kind``; None when the row or the value is missing."""
+    value = None if not values else values.get(name)
+    field_name = None if value is None else value.WhichOneof("val")
+    return None if field_name in (None, "null_val") else kind(getattr(value, field_name))
+
+
+def _user_key(user_id: str) -> EntityKey:
+    return EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
 
 
 def _holds(sequence: list[tuple[str, str, int]], events: pd.DataFrame) -> bool:
@@ -607,6 +681,36 @@ class _Groups:
                 left.append(job)
         self._queue = left
         return group
+
+
+def _parts(users: list[str]) -> list[list[int]]:
+    """The rows of a group in parts of whole lock buckets, in bucket order, of about
+    ``PART_EVENTS`` events each: a group held every bucket while it ran, so the service's
+    workers took turns; in parts, a worker writes one part while another writes the next."""
+    by_bucket: dict[int, list[int]] = defaultdict(list)
+    for row, user in enumerate(users):
+        by_bucket[push_lock_bucket(user)].append(row)
+    parts, part = [], []
+    for bucket in sorted(by_bucket):
+        part += by_bucket[bucket]
+        if len(part) >= PART_EVENTS:
+            parts.append(part)
+            part = []
+    return parts + [part] if part else parts
+
+
+@dataclass(frozen=True)
+class _Made:
+    """What a group makes of its events once, for all its parts: an Arrow table per part cost
+    2.4 ms of CPU (8% of a 100-event-body load)."""
+
+    lines: list[str]  # each event's JSON: the pending records
+    table: pa.Table  # the event log's rows
+
+
+def _json_lines(events: pd.DataFrame) -> list[str]:
+    """Each event as JSON (``events_json``'s records, one string per row)."""
+    return events.to_json(orient="records", lines=True, date_format="iso", date_unit="ns").rstrip("\n").split("\n")
 
 
 def _split(sizes: list[int], ids: list[str], fresh: list[bool], erased: list[bool]) -> list[Pushed]:
