@@ -70,13 +70,10 @@ def time_holdout_report(settings, version: str, events: pd.DataFrame, cutoff: pd
 
 
 def markdown(result: dict) -> str:
-    t, loss, regime = result["training"], result["loss"], result["regime"]
+    t, loss = result["training"], result["loss"]
     lines = [f"{result['events']:,} events, {result['users']:,} users, {result['items']:,} items, protocol "
              f"{result['protocol']} ({result['eval_users']:,} hold-out users), {result['threads']} threads", "",
              f"Loss: {loss['loss']} softmax ({loss['negatives']}; auto threshold {loss['threshold']:,} items)", "",
-             f"Regime: {regime['regime']} ({regime['passes']} passes of {regime['positions_per_epoch']:,} positions "
-             f"in the budget; threshold {regime['threshold']}): dropout {regime['dropout']}, attn_dropout "
-             f"{regime['attn_dropout']}, lr {regime['lr']} (asked: {', '.join(map(str, regime['requested'].values()))})", "",
              f"Training: {t['epochs']} epochs, {t['steps']} steps, {t['positions']:,} positions "
              f"({result['positions_per_second']:,}/s), {t['seconds_per_epoch']:.1f} s/epoch, "
              f"{result['seconds_per_step']:.3f} s/step, train {t['train_seconds']:.0f} s; train_version wall "
@@ -136,7 +133,6 @@ def main() -> None:
         "cpu_seconds": round(cpu_after - cpu_before, 1),  # of train_version: wall time suffers on a shared machine
         "positions_per_second": round(training["positions"] / max(training["train_seconds"], 1e-9)),
         "metrics": report["metrics"], "baselines": report["baselines"], "validation": report.get("validation"),
-        "regime": report["training"]["regime"],
         "hyperparameters": settings.hyperparameters.model_dump(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

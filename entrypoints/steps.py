@@ -190,7 +190,8 @@ def training_set(settings: Settings, run_id: str) -> dict[str, Any]:
     """Fix the run's data: the hold-out cutoff, the training events, the hold-out events."""
     from training.champion import build_training_set  # heavy (torch): see the module docstring
 
-    return build_training_set(settings, run_id).to_dict()
+    with _data_lock(settings):  # an erasure waits: it could not scrub the run's files while they are written
+        return build_training_set(settings, run_id).to_dict()
 
 
 def train(settings: Settings, dataset: Mapping[str, Any], mode: str = "auto") -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""/events: real-time events into the online store and the offline event log, all or nothing, once.
+"""/events: real-time events into the online store and the offline event log, valid batches only, each event once.
 
 Every event is checked with the rules of ``shoprec.validation`` (the batch gate's rules,
 catalog check on; ``validate_event_records``, plain Python): a batch with any invalid event
@@ -8,8 +8,10 @@ offline event log once, together with the pushes of the worker's other request t
 (group commit: one online read and write and one event-log fsync per part of a group; the events of
 a group are conformed to the canonical schema at once, ``accept_events``): an event whose
 ``event_id`` (given, or derived from its fields) the user already has is counted as a
-duplicate, not written again. The answer comes after the group's fsync: an acknowledged
-event is durable.
+duplicate, not written again. The answer comes after the fsyncs of the parts of the group
+that hold its events: an acknowledged event is durable. A store outage (503) in the middle
+of a group can leave its earlier parts written: the client's retry (the same event ids)
+answers those events as duplicates, so each is still written once and none is lost.
 
 A request may carry an ``Idempotency-Key`` header: its retry (same key, same body) gets
 the first answer again, and events without ``timestamp`` get the server time stamped on

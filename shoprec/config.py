@@ -22,7 +22,7 @@ import os
 import warnings
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -137,9 +137,6 @@ class ServingSettings(Section):
     idempotency_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
 
 
-Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
-
-
 class Hyperparameters(BaseModel):
     """A model's hyperparameters: ``training/models/<model>.yaml`` (its ``defaults`` and one preset)."""
 
@@ -150,14 +147,12 @@ class Hyperparameters(BaseModel):
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
     inner: int = Field(256, ge=1)
-    # dropout, attn_dropout, lr: a number, or auto (chosen from the passes over the data the positions
-    # budget allows: training.trainer.choose_regime)
-    dropout: Rate | Literal["auto"] = 0.5
-    attn_dropout: Rate | Literal["auto"] = 0.5
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    attn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
     max_len: int = Field(50, ge=1)
     use_text: bool = True  # fuse the MiniLM item-text projection into the item table when text exists
     batch_size: int = Field(128, ge=1)
-    lr: Annotated[float, Field(gt=0.0)] | Literal["auto"] = 1e-3
+    lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(200, ge=0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)

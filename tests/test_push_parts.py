@@ -17,6 +17,7 @@ from shoprec.adapters.base import Batch
 from shoprec.config import load_settings
 from shoprec.features import store as feast_store
 from shoprec.features import tables
+from shoprec.features import online as online_module
 from shoprec.features.online import PART_EVENTS, OnlineFeatures, _parts
 from shoprec.features.store import PUSH_LOCK_BUCKETS, push_lock_bucket
 
@@ -122,3 +123,29 @@ def test_two_processes_pushing_large_groups_lose_no_event_of_a_shared_user(setti
     assert online.user_sequences(["race"])["race"]["timestamps"] == [BASE + pd.Timedelta(seconds=k) for k in range(12)]
     logged = event_log.raw_events(tables.event_log_dir(settings))
     assert sorted(logged.loc[logged["user_id"] == "race", "event_id"]) == sorted(f"race-{k}" for k in range(12))
+
+
+def test_pushes_retried_alone_after_a_failed_part_answer_what_the_group_wrote_as_theirs(settings, monkeypatch):
+    """A group whose second part fails (an error other than the store's) is tried push by push:
+    the events its first part wrote are answered as written, not as duplicates, and every event
+    is online once."""
+    online = OnlineFeatures(settings)
+    users = [f"retry-{k}" for k in range(2 * PART_EVENTS)]
+    frames = [push_frame(users[:PART_EVENTS], 0, "ra"), push_frame(users[PART_EVENTS:], 0, "rb")]
+    original, calls = OnlineFeatures._push_part, []
+
+    def second_part_fails_once(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a part that cannot be written")
+        return original(self, *args)
+
+    monkeypatch.setattr(OnlineFeatures, "_push_part", second_part_fails_once)
+    jobs = [online_module._Job(frame=online._accept(f).frame) for f in frames]  # as push_events queues them
+    online._run_jobs(jobs)
+    assert [job.error for job in jobs] == [None, None]
+    answered = sorted(i for job in jobs for i in job.result.written)
+    assert answered == sorted(frames[0]["event_id"].tolist() + frames[1]["event_id"].tolist())
+    assert not any(job.result.duplicates for job in jobs)
+    stored = online.user_sequences(users)
+    assert all(len(stored[u]["item_ids"]) == 1 for u in users)  # each event online once

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from shoprec import lake
 from shoprec.adapters import read_batch
 from shoprec.config import SHARED_DATA_DIR
+from shoprec.durable import replacing
 from shoprec.ledger import erased_keys, erased_mask
 from shoprec.schema import EVENT_ARROW_SCHEMA, conform_events, empty_events
 from training.vocab import PAD, ItemVocab, pad_left  # noqa: F401  (pad_left: callers import it from here)
@@ -114,6 +115,8 @@ class LakeEvents:
         if not files:
             raise ValueError(f"the lake at {settings.lake_dir} holds no events; run `shoprec ingest` first")
         table = pa.concat_tables(pq.read_table(f, schema=EVENT_ARROW_SCHEMA) for f in files)
+        if not table.num_rows:  # files an erasure left empty
+            raise ValueError(f"the lake at {settings.lake_dir} holds no events; run `shoprec ingest` first")
         users, user_ids = _codes(table.column("user_id"))
         times = table.column("timestamp").cast(pa.int64()).to_numpy()
         by_user = _sorted_ranks(user_ids)[users]
@@ -163,7 +166,7 @@ def write_run_events(batches: Iterable[pa.Table], path: Path) -> int:
     """Event tables into one Parquet file that ``pd.read_parquet`` reads with the canonical
     dtypes (``RUN_EVENTS_SCHEMA``), a row group at a time; returns the rows written."""
     rows = 0
-    with pq.ParquetWriter(path, RUN_EVENTS_SCHEMA) as writer:
+    with replacing(path) as tmp, pq.ParquetWriter(tmp, RUN_EVENTS_SCHEMA) as writer:  # a crash leaves no footerless file
         for batch in batches:
             writer.write_table(batch, row_group_size=RUN_ROW_GROUP_ROWS)
             rows += batch.num_rows

@@ -26,7 +26,7 @@ from training.distributed import Job, World, launch
 from training.evaluate import Scorer, evaluate_all, model_scorer
 from training.models import build_model, new_model
 from training.registry import list_versions, production_version, trained_root
-from training.trainer import Trainer, TrainResult, choose_regime, epoch_positions, pick_device, tune_cpu_runtime
+from training.trainer import Trainer, TrainResult, pick_device, tune_cpu_runtime
 
 EVALUATION_METADATA = ("protocol", "data_source", "data_fingerprint")  # what re-running a version's protocol needs
 
@@ -50,7 +50,6 @@ def train_version(settings: Settings, *, data: str = "lake", protocol: str = "fu
     started = time.perf_counter()
     vocab = ItemVocab.from_events(events, items)
     split = make_split(protocol, user_sequences(events), vocab, hyperparameters.eval_max_scores, hyperparameters.seed)
-    hyperparameters, regime = choose_regime(hyperparameters, epoch_positions(split.train, hyperparameters.max_len))
     with world.main_first():
         text = item_text_matrix(items, vocab, settings, progress) if hyperparameters.use_text else None
     net = new_model(hyperparameters, len(vocab), None if text is None else torch.from_numpy(text))
@@ -59,9 +58,7 @@ def train_version(settings: Settings, *, data: str = "lake", protocol: str = "fu
     if not world.main:  # rank 0 reports and saves
         return "", {}
     report = _report(net, split, hyperparameters, result, started)
-    report["training"]["regime"] = regime.to_dict()
     metadata = _metadata(hyperparameters, protocol, data, events, net.items.text_dim > 0, report)
-    metadata["regime"] = regime.to_dict()  # training.trainer.RegimeChoice: the dropout and lr auto chose, and why
     path = save_artifact(net, vocab.item_ids, settings.models_dir, metadata)
     if ckpt_dir is not None:
         (ckpt_dir / "checkpoint.pt").unlink(missing_ok=True)

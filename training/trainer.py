@@ -1,7 +1,6 @@
 """The training loop (``Trainer``): AdamW with linear warm-up, cross-entropy over the full
 catalog or over sampled negatives (``choose_loss``), early stopping on validation NDCG@10,
-a budget of training positions for large shops (and ``auto`` dropout and learning rate from the
-passes it allows: ``choose_regime``), deterministic seeds, checkpoints with resume,
+a budget of training positions for large shops, deterministic seeds, checkpoints with resume,
 CPU by default and GPU with bf16 autocast when present; data-parallel in several processes
 under torchrun (``training.distributed``: each rank computes its shard of every batch).
 """
@@ -94,59 +93,6 @@ def choose_loss(hyperparameters: Hyperparameters, n_items: int) -> LossChoice:
     return LossChoice("sampled", hp.loss, n_items, hp.full_softmax_max_items, hp.num_negatives,
                       f"{hp.num_negatives} shared negatives per batch ({popular} by popularity, "
                       f"{hp.num_negatives - popular} uniform), logQ-corrected")
-
-
-AUTO_KEYS = ("dropout", "attn_dropout", "lr")
-# Passes over the training positions that the budget allows (max_train_positions / positions per epoch,
-# at most max_epochs) from which a run is "many passes". Measured (docs/results/train_regime.md): Beauty
-# (~60 passes allowed, early-stopped after ~25) gets 0.059 test NDCG@10 with 0.5 / 0.5 / 0.002; a 3 M-event
-# shop at the 10 M shop's ~1.1 passes gets validation NDCG@10 0.175 with 0.1 / 0.1 / 0.005 against 0.129
-# with Beauty's values (dropout and lr changed together). Between 1.1 and ~25 passes nothing was measured.
-MANY_PASSES = 8.0
-REGIMES = {"many passes": {"dropout": 0.5, "attn_dropout": 0.5, "lr": 0.002},  # the Beauty configuration
-           "few passes": {"dropout": 0.1, "attn_dropout": 0.1, "lr": 0.005}}
-
-
-@dataclass(frozen=True)
-class RegimeChoice:
-    """How many passes over its data a run's budget allows, and the dropout and learning rate that
-    follow for the hyperparameters set to ``auto`` (recorded in the version's metadata as ``regime``)."""
-
-    regime: str  # "many passes" | "few passes"
-    passes: float  # epochs the budget allows: max_train_positions / positions_per_epoch, at most max_epochs
-    positions_per_epoch: int
-    threshold: float  # MANY_PASSES
-    dropout: float
-    attn_dropout: float
-    lr: float
-    requested: dict  # the hyperparameters as given: auto or a number each
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def epoch_positions(train: list[np.ndarray], max_len: int) -> int:
-    """Target positions in one epoch over ``train`` (what ``training_examples`` makes of it)."""
-    lengths = np.fromiter((len(s) for s in train), dtype=np.int64, count=len(train))
-    return int(np.clip(lengths - 1, 0, max_len).sum())
-
-
-def choose_regime(hyperparameters: Hyperparameters, positions_per_epoch: int) -> tuple[Hyperparameters, RegimeChoice]:
-    """``hyperparameters`` with every ``auto`` of ``AUTO_KEYS`` replaced by its regime's value, and the record.
-
-    Dropout regularises repeated passes over the same examples: a small shop is seen for tens
-    of epochs and overfits without it. A large shop's positions budget (``max_train_positions``)
-    allows about one pass, in which every example is new and nothing is memorised; there dropout
-    only slows learning, and the few steps each item's row gets take a larger learning rate.
-    An explicit value always wins.
-    """
-    hp, budget = hyperparameters, hyperparameters.max_train_positions
-    passes = float(hp.max_epochs) if not budget else min(float(hp.max_epochs), budget / max(positions_per_epoch, 1))
-    regime = "many passes" if passes >= MANY_PASSES else "few passes"
-    values = {key: REGIMES[regime][key] if getattr(hp, key) == "auto" else getattr(hp, key) for key in AUTO_KEYS}
-    choice = RegimeChoice(regime, round(passes, 2), positions_per_epoch, MANY_PASSES, **values,
-                          requested={key: getattr(hp, key) for key in AUTO_KEYS})
-    return hp.model_copy(update=values), choice
 
 
 @dataclass
@@ -274,11 +220,8 @@ class Trainer:
         """Train up to ``epochs`` (default ``max_epochs``) at peak ``lr`` (default ``lr``);
         the model ends with its best weights, in eval mode."""
         seed_everything(self.hyperparameters.seed)
-        lr = lr or self.hyperparameters.lr
-        if lr == "auto":
-            raise ValueError("lr is auto: resolve it with training.trainer.choose_regime before training")
         self.model.to(self.device)
-        run = self._start(lr)
+        run = self._start(lr or self.hyperparameters.lr)
         self._resume(run)
         self._replicate()
         max_epochs = epochs or self.hyperparameters.max_epochs

@@ -241,11 +241,15 @@ class OnlineFeatures:
         group conforms all its records at once (``accept_events`` checks them again)."""
         return self._groups.submit(_Job(records=records))
 
-    def _run_jobs(self, jobs: list["_Job"]) -> None:
+    def _run_jobs(self, jobs: list["_Job"], written_before: frozenset = frozenset()) -> None:
         """One group; when a group fails on something other than the store (an event the store
-        cannot take), each push is tried alone, so one bad push fails only itself."""
+        cannot take), each push is tried alone, so one bad push fails only itself. The parts
+        the failed group wrote before it failed (``written``) are this attempt's: a push tried
+        alone answers them as accepted, not as duplicates of itself."""
+        written: set[tuple[str, str]] = set()
         try:
-            for job, pushed in zip(jobs, self._push_group([self._frame_of(j, jobs) for j in jobs])):
+            frames = [self._frame_of(j, jobs) for j in jobs]
+            for job, pushed in zip(jobs, self._push_group(frames, written, written_before)):
                 job.result = pushed
         except (FeatureStoreUnavailable, OnlineStoreBusy) as exc:
             for job in jobs:
@@ -255,7 +259,7 @@ class OnlineFeatures:
                 jobs[0].error = exc
                 return
             for job in jobs:
-                self._run_jobs([job])
+                self._run_jobs([job], written_before | written)
 
     def _frame_of(self, job: "_Job", jobs: list["_Job"]) -> pd.DataFrame:
         """A job's canonical frame; the record jobs of the group are conformed together, once."""
@@ -272,13 +276,17 @@ class OnlineFeatures:
                 offset += len(j.records)
         return job.frame
 
-    def _push_group(self, frames: list[pd.DataFrame]) -> list[Pushed]:
+    def _push_group(self, frames: list[pd.DataFrame], written: set | None = None,
+                    written_before: frozenset = frozenset()) -> list[Pushed]:
         """The pushes of one group, in parts of whole lock buckets (``_parts``), one after the
         other: under the push locks of a part's users (one lock per bucket, taken in order),
         the pending records of crashed pushes resolved, then for the events no user has yet:
         the pending records, the online rows, the event log (one fsync), the ids; one read or
         write of each per part. A push killed at any point is completed or dropped whole, user
-        by user, by the user's next push (a retry: ``_finish_pending``)."""
+        by user, by the user's next push (a retry: ``_finish_pending``). ``written`` collects the
+        (user, event id) pairs of each part once it is written; ``written_before``: the pairs an
+        earlier, failed attempt of these pushes wrote (answered as accepted)."""
+        written = set() if written is None else written
         sizes = [len(f) for f in frames]
         events = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
         if not len(events):
@@ -291,7 +299,9 @@ class OnlineFeatures:
         made = _Made(_json_lines(events), pa.Table.from_pandas(events, schema=EVENT_ARROW_SCHEMA, preserve_index=False))
         for rows in _parts(users):
             self._push_part(events, rows, users, ids, made, fresh, erased)
-        return _split(sizes, ids, fresh, erased)
+            written.update((users[r], ids[r]) for r in rows if fresh[r])
+        ours = [f or (u, i) in written_before for f, u, i in zip(fresh, users, ids)]
+        return _split(sizes, ids, ours, erased)
 
     def _push_part(self, events: pd.DataFrame, rows: list[int], users: list[str], ids: list[str],
                    made: "_Made", fresh: list[bool], erased: list[bool]) -> None:
@@ -636,7 +646,7 @@ class _Groups:
     """Group commit: the pushes that arrive while a group runs form the next group, run by the
     first of their threads; each thread returns its own push's answer (or raises its error).
     One group at a time per process: its cost (the locks, one online read and write, one fsync
-    of the event log, two index writes) is paid once for all its pushes."""
+    of the event log, two index writes, per part of whole lock buckets) is paid once for all its pushes."""
 
     def __init__(self, run):
         self._run = run

@@ -12,7 +12,8 @@ rows already serialized (``value_bytes.EncodedRows``), hashes the field names on
 and sends ``WRITE_SCRIPT``: one call per ``ROWS_PER_SCRIPT`` rows that compares and writes on
 the server, so the read and the write of a key are atomic together (no writer slips between).
 Each HSET is atomic, so a reader sees an entity's old row or its new one, never a mix.
-Cluster and Sentinel deployments keep Feast's own write.
+Cluster and Sentinel deployments keep Feast's own ``online_write_batch``; materialization's
+bulk write (``write_encoded``) refuses them (ShopRec configures a single server).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class ShopRecRedisOnlineStore(RedisOnlineStore):
     def write_encoded(self, config, table, rows: EncodedRows) -> None:
         """Each row's hash (the event time and every feature value), where it is newer than what is stored."""
         store_config = config.online_store
+        if store_config.redis_type != RedisType.redis:  # one script call spans many keys: one server only
+            raise ValueError(f"the bulk write needs a single Redis server, not {store_config.redis_type}")
         view = _versioned_fv_name(table, config)
         fields = [_mmh3(f"{view}:{name}") for name in rows.values]
         columns = list(rows.values.values())
