@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import datetime, timezone
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import pandas as pd
 from feast.infra.online_stores.sqlite import (
@@ -75,14 +75,10 @@ class ShopRecSqliteOnlineStore(SqliteOnlineStore):
         name = _quote_id(_table_id(config.project, table, config.registry.enable_online_feature_view_versioning))
         (join_key,) = [column.name for column in table.entity_columns]
         keys = string_key_bytes(join_key, ids)
-        found: dict[bytes, int] = {}
-        cursor = self._get_conn(config).cursor()
-        for first in range(0, len(keys), READ_KEYS_PER_QUERY):
-            part = keys[first:first + READ_KEYS_PER_QUERY]
-            cursor.execute(f"SELECT entity_key, MAX(event_ts) FROM {name} WHERE length(value) > 0 "
-                           f"AND entity_key IN ({','.join('?' * len(part))}) GROUP BY entity_key", part)
-            # the stored seconds read back as online_read's converter does (local time, then taken as UTC)
-            found.update((key, pd.Timestamp(datetime.fromtimestamp(int(ts)), tz="UTC").value) for key, ts in cursor.fetchall())
+        rows = _select_in(self._get_conn(config).cursor(), f"SELECT entity_key, MAX(event_ts) FROM {name} WHERE "
+                          "length(value) > 0 AND entity_key IN ({keys}) GROUP BY entity_key", keys)
+        # the stored seconds read back as online_read's converter does (local time, then taken as UTC)
+        found = {key: pd.Timestamp(datetime.fromtimestamp(int(ts)), tz="UTC").value for key, ts in rows}
         return [found.get(key) for key in keys]
 
     def online_read(self, config, table, entity_keys, requested_features=None):
@@ -91,14 +87,10 @@ class ShopRecSqliteOnlineStore(SqliteOnlineStore):
         version = config.entity_key_serialization_version
         keys = [entity_key_bytes(k, version) for k in entity_keys]
         name = _quote_id(_table_id(config.project, table, config.registry.enable_online_feature_view_versioning))
-        found: dict[bytes, list] = {}
-        cursor = self._get_conn(config).cursor()
-        for first in range(0, len(keys), READ_KEYS_PER_QUERY):
-            part = keys[first:first + READ_KEYS_PER_QUERY]
-            cursor.execute(f"SELECT entity_key, feature_name, value, event_ts FROM {name} "
-                           f"WHERE entity_key IN ({','.join('?' * len(part))}) ORDER BY entity_key", part)
-            for key, group in itertools.groupby(cursor.fetchall(), key=lambda r: r[0]):
-                found[key] = list(group)
+        rows = _select_in(self._get_conn(config).cursor(), f"SELECT entity_key, feature_name, value, event_ts FROM {name} "
+                          "WHERE entity_key IN ({keys}) ORDER BY entity_key", keys)
+        # a key's rows are together: each key is in one query, and the query orders by key
+        found = {key: list(group) for key, group in itertools.groupby(rows, key=lambda r: r[0])}
         result = []
         for key in keys:
             values, stamp = {}, None
@@ -109,3 +101,12 @@ class ShopRecSqliteOnlineStore(SqliteOnlineStore):
                 stamp = ts.astimezone(timezone.utc) if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
             result.append((stamp, values) if values else (None, None))
         return result
+
+
+def _select_in(cursor, query: str, keys: list[bytes]) -> Iterator[tuple]:
+    """The rows of ``query`` (its ``{keys}``: the ``IN (...)`` placeholders) for ``keys``,
+    ``READ_KEYS_PER_QUERY`` keys per query (SQLite caps the parameters of one statement)."""
+    for first in range(0, len(keys), READ_KEYS_PER_QUERY):
+        part = keys[first:first + READ_KEYS_PER_QUERY]
+        cursor.execute(query.format(keys=",".join("?" * len(part))), part)
+        yield from cursor.fetchall()
