@@ -68,6 +68,11 @@ class IngestSettings(Section):
     # at 1.5 GB peak RSS (1 GB: 1.9 GB), the rest being the chunk in flight and the imported stacks
     staging_memory_limit: str = "512MB"
     staging_threads: int = Field(2, ge=1)
+    # rows grouped at once when finding duplicates. DuckDB 1.5's hash aggregate over the five-column
+    # key does not keep to its memory limit (61 M rows at 512 MB: out of memory; 20 M rows needed more
+    # than 130 MB), so a larger batch is first split by a hash of the key into buckets of about this
+    # many rows, every copy of a key in one bucket (20 M rows in 8 buckets ran at 100 MB)
+    staging_bucket_rows: int = Field(4_000_000, ge=1)
     staging_dir: Path | None = None  # where batches are staged (None: the system's temp folder)
 
 

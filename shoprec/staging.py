@@ -13,11 +13,14 @@ writer (``shoprec.lake.write_batch``).
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,6 +34,9 @@ STAGED_SCHEMA = pa.schema([*(f if f.name != "timestamp" else pa.field("timestamp
                            pa.field(ROW, pa.int64())])  # timestamp as epoch ms: exact once floored to ms
 KEY = ", ".join(DUPLICATE_KEY)
 COLUMNS = ", ".join(EVENT_COLUMNS)
+# DuckDB's partitioned write holds a buffer per bucket: 3,420 buckets ran out of 512 MB on a
+# 3,420-row batch; 64 buckets of the default 4 M rows cover 256 M rows
+MAX_KEY_BUCKETS = 64
 
 
 class Staging:
@@ -45,6 +51,7 @@ class Staging:
         self.report = CleaningReport()
         self._parts = 0
         self._db: duckdb.DuckDBPyConnection | None = None
+        self._buckets: list[str] | None = None
 
     def __enter__(self) -> "Staging":
         (self.folder / "parts").mkdir(parents=True, exist_ok=True)
@@ -82,29 +89,65 @@ class Staging:
                 self._db.execute(f"CREATE TABLE staged AS SELECT * FROM {_empty_select()}")
         return self._db
 
+    def key_buckets(self) -> list[str]:
+        """The staged rows as relations that each hold every copy of their duplicate keys: the
+        staged view itself, or, above ``staging_bucket_rows``, Parquet buckets by a hash of the key."""
+        if self._buckets is None:
+            count = min(math.ceil(self.rows / self.settings.staging_bucket_rows), MAX_KEY_BUCKETS)
+            if count <= 1:
+                self._buckets = ["staged"]
+            else:
+                folder = self.folder / "buckets"
+                with self._memory_explained():
+                    self.db.execute(f"COPY (SELECT *, hash({KEY}) % {count} AS _bucket FROM staged) "
+                                    f"TO '{folder}' (FORMAT parquet, PARTITION_BY (_bucket))")
+                self._buckets = [f"read_parquet('{path}/*.parquet', hive_partitioning = false)" for path in sorted(folder.glob("_bucket=*"))]
+        return self._buckets
+
     def duplicate_rows(self) -> int:
         """Rows that share their duplicate key with another row (all copies, as Great Expectations'
         compound-uniqueness check counts them), over the normalised rows."""
-        return int(self.db.execute(
-            f"SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM staged GROUP BY {KEY} HAVING n > 1)"
-        ).fetchall()[0][0])
+        buckets = self.key_buckets()
+        with self._memory_explained():
+            return sum(int(self.db.execute(f"SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM {bucket} "
+                                           f"GROUP BY {KEY} HAVING n > 1)").fetchall()[0][0]) for bucket in buckets)
 
     def clean(self, settings: CleaningSettings) -> CleaningReport:
         """Duplicates, bots, k-core and order over the staged batch (``shoprec.cleaning``'s rules,
-        in that order); the result is the table ``cleaned``. Returns the whole batch's counts."""
+        in that order); the result is the view ``kcored``. Returns the whole batch's counts."""
+        buckets = self.key_buckets()
+        with self._memory_explained():
+            return self._clean(settings, buckets)
+
+    def _clean(self, settings: CleaningSettings, buckets: list[str]) -> CleaningReport:
+        """Each rule is a view over the one before; only what is small (the repeated rows, the
+        bots) or iterated (the k-core) is a table: three temp-table copies of a 61 M-row batch
+        spilled 11 GB and took minutes."""
         report = self.report
         report.rows_in = self.rows
         db = self.db
-        db.execute(f"CREATE OR REPLACE TEMP TABLE deduped AS SELECT * FROM staged "
-                   f"WHERE {ROW} IN (SELECT min({ROW}) FROM staged GROUP BY {KEY})")
-        report.duplicates_removed = self.rows - _count(db, "deduped")
+        db.execute(f"CREATE OR REPLACE TEMP TABLE repeats ({ROW} BIGINT)")
+        for bucket in buckets:  # every copy of a key but its first, as drop_duplicates(keep="first")
+            db.execute(f"INSERT INTO repeats SELECT {ROW} FROM {bucket} "
+                       f"WHERE {ROW} NOT IN (SELECT min({ROW}) FROM {bucket} GROUP BY {KEY})")
+        report.duplicates_removed = _count(db, "repeats")
+        db.execute(f"CREATE OR REPLACE TEMP VIEW deduped AS SELECT * FROM staged WHERE {ROW} NOT IN (SELECT {ROW} FROM repeats)")
         self._remove_bots(settings, report)
         self._k_core(settings.k_core, report)
-        report.rows_out_of_order = int(db.execute(
-            "SELECT count(*) FROM (SELECT timestamp < lag(timestamp) OVER (ORDER BY _loose, _row) AS back "
-            "FROM kcored) WHERE back").fetchall()[0][0])
+        report.rows_out_of_order = self._rows_out_of_order()
         report.rows_out = _count(db, "kcored")
         return report
+
+    def _rows_out_of_order(self) -> int:
+        """Rows earlier in time than the row before them in delivery order (``cleaning.order``'s
+        count), streamed in batches: DuckDB's ``lag()`` over one window of 61 M rows ran out of 512 MB."""
+        reader = self.db.sql("SELECT timestamp FROM kcored ORDER BY _loose, _row").to_arrow_reader(self.settings.chunk_rows)
+        count, previous = 0, np.array([np.nan])
+        for batch in reader:
+            times = np.concatenate([previous, batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64)])
+            count += int(np.count_nonzero(times[1:] < times[:-1]))  # NaN (no time) compares false, as NaT does
+            previous = times[-1:]
+        return count
 
     def _remove_bots(self, settings: CleaningSettings, report: CleaningReport) -> None:
         db = self.db
@@ -114,16 +157,17 @@ class Staging:
                AND count(*) / greatest((max(timestamp) - min(timestamp)) / 60000.0, 1.0)
                    > {float(settings.bot_max_events_per_minute)}""")
         report.bot_users_removed = _count(db, "bots")
-        db.execute("CREATE OR REPLACE TEMP TABLE unbotted AS SELECT * FROM deduped "
+        db.execute("CREATE OR REPLACE TEMP VIEW unbotted AS SELECT * FROM deduped "
                    "WHERE user_id IS NULL OR user_id NOT IN (SELECT user_id FROM bots)")
-        report.bot_events_removed = _count(db, "deduped") - _count(db, "unbotted")
+        report.bot_events_removed = int(db.execute(
+            "SELECT count(*) FROM deduped WHERE user_id IN (SELECT user_id FROM bots)").fetchall()[0][0])
 
     def _k_core(self, k: int, report: CleaningReport) -> None:
         """Drop users and items with fewer than k events until none is left; rows without a user
         or an item stay, after the kept ones (``_loose``), as ``cleaning.k_core`` concatenates them."""
         db = self.db
         if k <= 0:
-            db.execute("CREATE OR REPLACE TEMP TABLE kcored AS SELECT *, false AS _loose FROM unbotted")
+            db.execute("CREATE OR REPLACE TEMP VIEW kcored AS SELECT *, false AS _loose FROM unbotted")
             return
         keyed = "user_id IS NOT NULL AND item_id IS NOT NULL"
         db.execute(f"CREATE OR REPLACE TEMP TABLE core AS SELECT * FROM unbotted WHERE {keyed}")
@@ -141,7 +185,7 @@ class Staging:
         report.k_core_users_removed = users_in - users_out
         report.k_core_items_removed = items_in - items_out
         report.k_core_events_removed = keyed_rows - kept
-        db.execute(f"""CREATE OR REPLACE TEMP TABLE kcored AS
+        db.execute(f"""CREATE OR REPLACE TEMP VIEW kcored AS
             SELECT *, false AS _loose FROM core UNION ALL
             SELECT *, true AS _loose FROM unbotted WHERE NOT ({keyed})""")
 
@@ -155,11 +199,28 @@ class Staging:
 
     def cleaned_batches(self) -> Iterator[pa.RecordBatch]:
         """The cleaned events in time order (ties by user, then as delivered), canonical schema."""
-        reader = self.db.sql(
-            f"SELECT {COLUMNS} FROM kcored ORDER BY timestamp NULLS LAST, user_id NULLS LAST, _loose, _row"
-        ).to_arrow_reader(self.settings.chunk_rows)
-        for batch in reader:
-            yield _to_canonical(batch)
+        with self._memory_explained():
+            reader = self.db.sql(
+                f"SELECT {COLUMNS} FROM kcored ORDER BY timestamp NULLS LAST, user_id NULLS LAST, _loose, _row"
+            ).to_arrow_reader(self.settings.chunk_rows)
+            for batch in reader:
+                yield _to_canonical(batch)
+
+    @contextmanager
+    def _memory_explained(self) -> Iterator[None]:
+        try:
+            yield
+        except duckdb.OutOfMemoryException as exc:
+            limit, bucket_rows = self.settings.staging_memory_limit, self.settings.staging_bucket_rows
+            raise StagingMemoryError(
+                f"staging ran out of its {limit} DuckDB memory limit on a batch of {self.rows:,} rows; nothing was "
+                f"written. Raise SHOPREC_INGEST__STAGING_MEMORY_LIMIT or lower SHOPREC_INGEST__STAGING_BUCKET_ROWS "
+                f"({bucket_rows:,}) and ingest it again. DuckDB said: {str(exc).splitlines()[0]}") from exc
+
+
+class StagingMemoryError(RuntimeError):
+    """DuckDB ran out of the memory the settings give it while cleaning a batch: nothing was
+    written, and the batch is not at fault."""
 
 
 def _count(db: duckdb.DuckDBPyConnection, table: str) -> int:

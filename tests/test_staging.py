@@ -12,10 +12,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from shoprec.cleaning import clean_events
+from shoprec.cleaning import DUPLICATE_KEY, clean_events
 from shoprec.config import CleaningSettings, IngestSettings
 from shoprec.schema import conform_events
-from shoprec.staging import Staging
+from shoprec.staging import Staging, StagingMemoryError
 
 
 def messy_events(n: int = 3000, seed: int = 0) -> pd.DataFrame:
@@ -81,3 +81,30 @@ def test_an_empty_batch_cleans_to_nothing(tmp_path):
         report = staging.clean(CleaningSettings(k_core=5))
         assert report.rows_out == 0 and list(staging.cleaned_batches()) == []
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("bucket_rows", [1, 700])  # 1: capped at MAX_KEY_BUCKETS
+def test_cleaning_in_key_buckets_equals_the_definition_row_for_row(bucket_rows, tmp_path):
+    """Above ``staging_bucket_rows`` the duplicates are found bucket by bucket (a hash of the
+    key): every copy of a key lands in one bucket, so the result is the definition's."""
+    events = messy_events()
+    settings = CleaningSettings(k_core=20, bot_min_events=50, bot_max_events_per_minute=60)
+    expected, expected_report = clean_events(events, settings)
+    ingest_settings = IngestSettings(chunk_rows=500, staging_bucket_rows=bucket_rows)
+    with Staging(tmp_path / "s", ingest_settings) as staging:
+        for start in range(0, len(events), 500):
+            staging.append(events.iloc[start:start + 500])
+        assert len(staging.key_buckets()) > 1
+        assert staging.duplicate_rows() == int(events.duplicated(subset=DUPLICATE_KEY, keep=False).sum())
+        report = staging.clean(settings)
+        got = conform_events(pa.Table.from_batches(list(staging.cleaned_batches())).to_pandas())
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
+    assert report.to_dict() == expected_report.to_dict()
+
+
+def test_running_out_of_staging_memory_says_which_setting_to_change(tmp_path):
+    events = messy_events(20_000)
+    with Staging(tmp_path / "s", IngestSettings(staging_memory_limit="1MB", staging_threads=1)) as staging:
+        staging.append(events)
+        with pytest.raises(StagingMemoryError, match="SHOPREC_INGEST__STAGING_MEMORY_LIMIT"):
+            staging.duplicate_rows()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from shoprec.ingest import ingest as run_ingest
 from shoprec.ingest import validate_only
 from shoprec.adapters import open_source
 from shoprec.reading import InputError, ReadOptions
+from shoprec.staging import StagingMemoryError
 from simulator.shop import generate as make_shop
 from simulator.shop import write_generated
 
@@ -111,6 +113,16 @@ def _source_arguments(o: dict) -> dict:
     return {"options": _read_options(o), "catalog": o["catalog"], "catalog_options": _catalog_options(o)}
 
 
+@contextmanager
+def _staging_memory_as_usage_error():
+    """A batch too large for the staging memory limit is the settings' fault, not the batch's:
+    say which setting to change instead of a traceback (nothing was written)."""
+    try:
+        yield
+    except StagingMemoryError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.command()
 @_with_batch_options
 @click.option("--dry-run", is_flag=True,
@@ -126,7 +138,8 @@ def ingest(dry_run, **o):
     if dry_run:
         _dry_run(o, arguments)
         return
-    report = run_ingest(o["path"], o["fmt"], load_settings(), **arguments)
+    with _staging_memory_as_usage_error():
+        report = run_ingest(o["path"], o["fmt"], load_settings(), **arguments)
     emit(report, o["as_json"], report.summary())
     if not report.ok:
         raise SystemExit(1)
@@ -139,7 +152,8 @@ def validate(**o):
 
     Exits 1 when the batch would be refused.
     """
-    report = validate_only(o["path"], o["fmt"], load_settings(), **_source_arguments(o))
+    with _staging_memory_as_usage_error():
+        report = validate_only(o["path"], o["fmt"], load_settings(), **_source_arguments(o))
     emit(report, o["as_json"], report.summary())
     if not report.ok:
         raise SystemExit(1)
