@@ -5,7 +5,8 @@
 
 Writes ``events.csv`` + ``items.csv`` of about ``--gigabytes`` (a generated shop of
 ``--base-events`` written again and again, each copy with its own users and sessions and
-shifted by ``--days`` days, so no copy duplicates another), then ingests the folder in a
+shifted ``--days`` days further into the past, so no copy duplicates another and none lies in
+the future, which the gate refuses), then ingests the folder in a
 fresh child process through ``shoprec.ingest.ingest``: read in chunks, every row through the
 Great Expectations gate, staged, cleaned by DuckDB, streamed into the lake. The child's peak
 RSS (``ru_maxrss``) is the ingestion's own. Results go to ``docs/results/ingest_large.{md,json}``.
@@ -48,7 +49,7 @@ def write_export(folder: Path, gigabytes: float, base_events: int, days: int, se
     path = folder / "events.csv"
     with pacsv.CSVWriter(path, base.schema) as writer:
         while path.stat().st_size < target:
-            shift = pd.Timedelta(days=days * copies)
+            shift = -pd.Timedelta(days=days * copies)  # back in time: forward, 61 copies ran years into the future
             copy = events.assign(
                 user_id=f"c{copies}-" + batch.events["user_id"], session_id=f"c{copies}-" + batch.events["session_id"],
                 timestamp=(batch.events["timestamp"] + shift).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
@@ -76,17 +77,27 @@ def ingest_and_measure(folder: Path, chunk_rows: int | None) -> dict:
             "lake_files": len(report.lake_files)}
 
 
-def markdown(result: dict) -> str:
+def markdown(results: dict[str, dict]) -> str:
+    rows = [f"| {r['bytes'] / 1e9:.2f} GB | {r['rows']:,} | {r['ingest_seconds']:,.0f} | {r.get('cpu_seconds', '-')} | "
+            f"{r['rows'] / r['ingest_seconds']:,.0f} | {r['peak_rss_mib']:,.0f} | {r['chunk_rows']:,} | "
+            f"{r['memory_limit']} | {r['status']} | `python benchmarks/ingest_large.py --gigabytes {r['gigabytes']:g}` |"
+            for _, r in sorted(results.items(), key=lambda kv: float(kv[0]))]
     return "\n".join([
         "# Ingesting a large CSV export", "",
-        f"`python benchmarks/ingest_large.py --gigabytes {result['gigabytes']:g}` on {os.cpu_count()} cores.", "",
-        "| CSV | rows | ingest s | rows/s | peak RSS MiB | chunk rows | DuckDB memory limit | status |",
-        "|---:|---:|---:|---:|---:|---:|---|---|",
-        f"| {result['bytes'] / 1e9:.2f} GB | {result['rows']:,} | {result['ingest_seconds']:,.0f} | "
-        f"{result['rows'] / result['ingest_seconds']:,.0f} | {result['peak_rss_mib']:,.0f} | {result['chunk_rows']:,} | "
-        f"{result['memory_limit']} | {result['status']} |", "",
+        f"On {os.cpu_count()} cores; one row per export size (the newest run of each).", "",
+        "| CSV | rows | ingest s | CPU s | rows/s | peak RSS MiB | chunk rows | DuckDB memory limit | status | command |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|---|", *rows, "",
         "Every row went through the Great Expectations gate (chunk by chunk), the batch was staged on disk and "
-        "cleaned by DuckDB within its memory limit, then streamed into the lake's day files.", ""])
+        "cleaned by DuckDB within its memory limit (duplicates found in buckets by a hash of the key above "
+        "`staging_bucket_rows`), then streamed into the lake's day files.", ""])
+
+
+def _previous_results() -> dict[str, dict]:
+    path = RESULTS / "ingest_large.json"
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return data if "rows" not in data else {f"{data['gigabytes']:g}": data}  # the one-run format before
 
 
 def main() -> None:
@@ -116,9 +127,10 @@ def main() -> None:
             raise SystemExit(child.stderr[-3000:])
         result = {**written, "gigabytes": args.gigabytes, **json.loads(child.stdout.strip().splitlines()[-1])}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ingest_large.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / "ingest_large.md").write_text(markdown(result))
-    print(markdown(result))
+    results = {**_previous_results(), f"{args.gigabytes:g}": result}
+    (RESULTS / "ingest_large.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "ingest_large.md").write_text(markdown(results))
+    print(markdown(results))
 
 
 if __name__ == "__main__":

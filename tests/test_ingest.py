@@ -192,6 +192,20 @@ def test_cli_generate_then_ingest(settings, tmp_path):
     assert json.loads(ingested.output)["status"] == "accepted"
 
 
+def test_cli_out_of_staging_memory_is_a_clear_error_that_writes_nothing(settings, tmp_path, monkeypatch):
+    """Not the batch's fault, so not quarantined: the error names the settings, nothing is written."""
+    runner = CliRunner()
+    out = tmp_path / "shop"
+    assert runner.invoke(cli, ["generate", "--events", "20000", "--seed", "3", "--out", str(out)]).exit_code == 0
+    monkeypatch.setenv("SHOPREC_INGEST__STAGING_MEMORY_LIMIT", "1MB")
+    monkeypatch.setenv("SHOPREC_INGEST__STAGING_THREADS", "1")
+    result = runner.invoke(cli, ["ingest", "-f", "events", str(out)])
+    assert result.exit_code == 1 and "SHOPREC_INGEST__STAGING_MEMORY_LIMIT" in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not list(settings.lake_dir.rglob("*.parquet")) and not list(settings.quarantine_dir.glob("*"))
+    assert out.joinpath("events.parquet").exists()  # the batch is where it was, for a retry
+
+
 def test_cli_ingests_a_catalog_only_batch(settings, tmp_path):
     """A shop's catalog update alone (items.csv, no events) passes the gate into the lake."""
     runner = CliRunner()
