@@ -317,6 +317,17 @@ def write_reports(run: dict) -> dict[str, dict]:
     return runs
 
 
+def _need_wrk(args: argparse.Namespace) -> None:
+    """The serve stage loads the service with wrk: install it (Debian) or stop now, not after
+    half an hour of stages."""
+    if args.until and STAGES.index(args.until) < STAGES.index("serve") or shutil.which("wrk"):
+        return
+    subprocess.run([str(ROOT / "scripts" / "system-deps.sh"), "wrk"], check=False)
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed by the serve stage and could not be installed: apt-get install -y wrk "
+                 "(or stop before it with --until release)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:6]))
@@ -337,6 +348,7 @@ def main() -> None:
         result = run_stage(args.stage, args.work, state, args)
         (args.work / f"{args.stage}.json").write_text(json.dumps(result, default=str))
         return
+    _need_wrk(args)
     for n_events in args.events or [10_000_000]:
         run = run_size(n_events, args)
         write_reports(run)
