@@ -18,11 +18,12 @@ from functools import cache
 
 @cache
 def _malloc_trim():
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim") if name else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
-        return None
+    for name in (ctypes.util.find_library("c"), "libc.so.6"):  # find_library needs ldconfig or a compiler
+        try:
+            return getattr(ctypes.CDLL(name), "malloc_trim")
+        except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to trim this way
+            continue
+    return None
 
 
 def release_freed_memory() -> bool:

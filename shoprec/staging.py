@@ -104,6 +104,11 @@ class Staging:
                 self._buckets = [f"read_parquet('{path}/*.parquet', hive_partitioning = false)" for path in sorted(folder.glob("_bucket=*"))]
         return self._buckets
 
+    def _drop_buckets(self) -> None:
+        """The buckets are a second copy of the batch, needed only until the repeats are known."""
+        shutil.rmtree(self.folder / "buckets", ignore_errors=True)
+        self._buckets = None
+
     def duplicate_rows(self) -> int:
         """Rows that share their duplicate key with another row (all copies, as Great Expectations'
         compound-uniqueness check counts them), over the normalised rows."""
@@ -126,12 +131,13 @@ class Staging:
         report = self.report
         report.rows_in = self.rows
         db = self.db
-        db.execute(f"CREATE OR REPLACE TEMP TABLE repeats ({ROW} BIGINT)")
+        db.execute(f"CREATE OR REPLACE TEMP TABLE repeats ({ROW} BIGINT NOT NULL)")
         for bucket in buckets:  # every copy of a key but its first, as drop_duplicates(keep="first")
             db.execute(f"INSERT INTO repeats SELECT {ROW} FROM {bucket} "
                        f"WHERE {ROW} NOT IN (SELECT min({ROW}) FROM {bucket} GROUP BY {KEY})")
+        self._drop_buckets()
         report.duplicates_removed = _count(db, "repeats")
-        db.execute(f"CREATE OR REPLACE TEMP VIEW deduped AS SELECT * FROM staged WHERE {ROW} NOT IN (SELECT {ROW} FROM repeats)")
+        db.execute(f"CREATE OR REPLACE TEMP VIEW deduped AS SELECT staged.* FROM staged ANTI JOIN repeats USING ({ROW})")
         self._remove_bots(settings, report)
         self._k_core(settings.k_core, report)
         report.rows_out_of_order = self._rows_out_of_order()
@@ -191,8 +197,10 @@ class Staging:
 
     # --- the cleaned batch out --------------------------------------------------------------
     def cleaned_counts(self) -> dict:
-        users, items, first, last = self.db.execute(
-            "SELECT count(DISTINCT user_id), count(DISTINCT item_id), min(timestamp), max(timestamp) FROM kcored").fetchall()[0]
+        with self._memory_explained():
+            users, items, first, last = self.db.execute(
+                "SELECT count(DISTINCT user_id), count(DISTINCT item_id), min(timestamp), max(timestamp) FROM kcored"
+            ).fetchall()[0]
         as_time = lambda ms: pd.Timestamp(ms, unit="ms", tz="UTC").isoformat() if ms is not None else None  # noqa: E731
         return {"events": self.report.rows_out, "users": int(users), "items": int(items),
                 "first_event": as_time(first), "last_event": as_time(last)}
@@ -213,14 +221,15 @@ class Staging:
         except duckdb.OutOfMemoryException as exc:
             limit, bucket_rows = self.settings.staging_memory_limit, self.settings.staging_bucket_rows
             raise StagingMemoryError(
-                f"staging ran out of its {limit} DuckDB memory limit on a batch of {self.rows:,} rows; nothing was "
-                f"written. Raise SHOPREC_INGEST__STAGING_MEMORY_LIMIT or lower SHOPREC_INGEST__STAGING_BUCKET_ROWS "
-                f"({bucket_rows:,}) and ingest it again. DuckDB said: {str(exc).splitlines()[0]}") from exc
+                f"staging ran out of its {limit} DuckDB memory limit on a batch of {self.rows:,} rows; the batch "
+                f"did not reach the lake. Raise SHOPREC_INGEST__STAGING_MEMORY_LIMIT (or lower "
+                f"SHOPREC_INGEST__STAGING_BUCKET_ROWS, {bucket_rows:,}, below {MAX_KEY_BUCKETS} buckets) and ingest "
+                f"it again. DuckDB said: {str(exc).splitlines()[0]}") from exc
 
 
 class StagingMemoryError(RuntimeError):
-    """DuckDB ran out of the memory the settings give it while cleaning a batch: nothing was
-    written, and the batch is not at fault."""
+    """DuckDB ran out of the memory the settings give it while cleaning a batch: the batch is
+    not at fault (not quarantined) and did not reach the lake (no manifest)."""
 
 
 def _count(db: duckdb.DuckDBPyConnection, table: str) -> int:

@@ -83,12 +83,13 @@ def test_an_empty_batch_cleans_to_nothing(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("k_core", [0, 20])
 @pytest.mark.parametrize("bucket_rows", [1, 700])  # 1: capped at MAX_KEY_BUCKETS
-def test_cleaning_in_key_buckets_equals_the_definition_row_for_row(bucket_rows, tmp_path):
+def test_cleaning_in_key_buckets_equals_the_definition_row_for_row(bucket_rows, k_core, tmp_path):
     """Above ``staging_bucket_rows`` the duplicates are found bucket by bucket (a hash of the
     key): every copy of a key lands in one bucket, so the result is the definition's."""
     events = messy_events()
-    settings = CleaningSettings(k_core=20, bot_min_events=50, bot_max_events_per_minute=60)
+    settings = CleaningSettings(k_core=k_core, bot_min_events=50, bot_max_events_per_minute=60)
     expected, expected_report = clean_events(events, settings)
     ingest_settings = IngestSettings(chunk_rows=500, staging_bucket_rows=bucket_rows)
     with Staging(tmp_path / "s", ingest_settings) as staging:
@@ -97,6 +98,7 @@ def test_cleaning_in_key_buckets_equals_the_definition_row_for_row(bucket_rows, 
         assert len(staging.key_buckets()) > 1
         assert staging.duplicate_rows() == int(events.duplicated(subset=DUPLICATE_KEY, keep=False).sum())
         report = staging.clean(settings)
+        assert not (tmp_path / "s" / "buckets").exists()  # the second copy is gone once the repeats are known
         got = conform_events(pa.Table.from_batches(list(staging.cleaned_batches())).to_pandas())
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
     assert report.to_dict() == expected_report.to_dict()

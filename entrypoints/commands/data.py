@@ -116,7 +116,7 @@ def _source_arguments(o: dict) -> dict:
 @contextmanager
 def _staging_memory_as_usage_error():
     """A batch too large for the staging memory limit is the settings' fault, not the batch's:
-    say which setting to change instead of a traceback (nothing was written)."""
+    say which setting to change instead of a traceback (the batch did not reach the lake)."""
     try:
         yield
     except StagingMemoryError as exc:
@@ -136,7 +136,8 @@ def ingest(dry_run, **o):
     """
     arguments = _source_arguments(o)
     if dry_run:
-        _dry_run(o, arguments)
+        with _staging_memory_as_usage_error():
+            _dry_run(o, arguments)
         return
     with _staging_memory_as_usage_error():
         report = run_ingest(o["path"], o["fmt"], load_settings(), **arguments)
